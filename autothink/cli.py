@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect and validate experiment configs and the bundled presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+toy_app = typer.Typer(help="The CPU stand-in for an R1 model: synthetic task, tokenizer, tiny Qwen2.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
 
 SetOpt = Annotated[
     Optional[list[str]],
@@ -75,6 +77,46 @@ def config_validate(
     except ConfigError as e:
         _fail(str(e))
     typer.echo(f"ok: {source} ({len(cfg.stages)} stages, {sum(s.steps for s in cfg.stages)} steps)")
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Annotated[str, typer.Option("--out", help="Folder to write the Hugging Face model and data into.")] = ".cache/toy-model",
+    steps: Annotated[Optional[int], typer.Option(help="Warm-start (SFT) steps.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data, weights and sampling.")] = 0,
+    eval_per_level: Annotated[int, typer.Option(help="Eval problems per difficulty level.")] = 64,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a build with the same settings exists.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Build tokenizer, model and data deterministically; print a JSON summary as the last line.
+
+    The summary has per level: think_acc (standard prompt), no_think_acc (no-thinking prompt),
+    ellipsis_acc and ellipsis_no_think_rate (ellipsis prompt), sampled with vLLM at temperature 0.6.
+    """
+    from pathlib import Path
+
+    from autothink.toy.build import ToySettings, build, check_targets, set_threads
+
+    overrides: dict = {"seed": seed, "eval_per_level": eval_per_level}
+    if steps is not None:
+        overrides["sft_steps"] = steps
+    set_threads()
+    summary = build(Path(out), ToySettings(**overrides), progress=not quiet, force=force)
+    _print_level_table(summary["levels"])
+    for name, ok in check_targets(summary).items():
+        typer.echo(f"  [{'ok' if ok else 'MISSED'}] {name}", err=True)
+    typer.echo(f"built in {summary['build_seconds']:.0f} s -> {out}", err=True)
+    typer.echo(json.dumps(summary))
+
+
+def _print_level_table(levels: list) -> None:
+    typer.echo(f"{'level':>5} {'think_acc':>9} {'no_think_acc':>12} {'ellipsis_acc':>12} {'no_think_rate':>13}", err=True)
+    for row in levels:
+        typer.echo(
+            f"{row['level']:>5} {row['think_acc']:>9.3f} {row['no_think_acc']:>12.3f} {row['ellipsis_acc']:>12.3f}"
+            f" {row['ellipsis_no_think_rate']:>13.3f}",
+            err=True,
+        )
 
 
 @app.command()

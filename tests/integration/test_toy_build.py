@@ -1,0 +1,101 @@
+"""The toy build as a user runs it: deterministic, loads in transformers and vLLM, dual-mode.
+
+The full build's targets are checked by its own summary (README); here a smaller budget is used
+with looser bounds.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autothink.prompting import build_prompt, parse_response
+
+pytestmark = pytest.mark.slow
+AUTOTHINK = str(Path(sys.executable).with_name("autothink"))
+STEPS = 300
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    cmd = [AUTOTHINK, "toy", "build", "--out", str(out), "--steps", str(STEPS), "--eval-per-level", "16", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout.strip().splitlines()[-1]), cmd
+
+
+def test_summary_has_every_level(small_build):
+    _, summary, _ = small_build
+    assert [row["level"] for row in summary["levels"]] == list(range(1, 9))
+    for row in summary["levels"]:
+        for key in ("think_acc", "no_think_acc", "ellipsis_acc", "ellipsis_no_think_rate"):
+            assert 0.0 <= row[key] <= 1.0
+    assert summary["build_seconds"] > 0
+
+
+def test_small_budget_is_already_dual_mode(small_build):
+    _, summary, _ = small_build
+    levels = summary["levels"]
+    # both modes are used at every level under the ellipsis prompt (16 samples a level: loose band)
+    assert all(0.1 <= r["ellipsis_no_think_rate"] <= 0.9 for r in levels), levels
+    # easy problems are solved; on the hardest level thinking is ahead of answering directly
+    assert levels[0]["think_acc"] >= 0.7, levels[0]
+    assert levels[-1]["think_acc"] > levels[-1]["no_think_acc"], levels[-1]
+    # the think trace makes answers longer
+    assert all(r["think_tokens"] > r["no_think_tokens"] for r in levels)
+
+
+def test_folder_loads_in_transformers_and_answers(small_build):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _, _ = small_build
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    # the R1 chat template yields the same prompt as the literal format
+    assert build_prompt("What is the value of $2+3$?", "standard", tok) == build_prompt("What is the value of $2+3$?", "standard")
+    # digits are single tokens; </think> survives decoding
+    assert tok.tokenize("1234") == ["1", "2", "3", "4"]
+    ids = tok(build_prompt("What is the value of $2+3$?", "standard"), return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.eos_token_id)
+    text = tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
+    parsed = parse_response(text)
+    assert parsed.mode == "think" and parsed.format_ok, text
+
+
+def test_second_call_reuses_the_build(small_build):
+    out, summary, cmd = small_build
+    before = _sha(out / "model.safetensors")
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert "reusing the build" in r.stdout + r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == summary
+    assert _sha(out / "model.safetensors") == before
+    assert time.perf_counter() - t0 < 60
+
+
+def test_warm_start_is_deterministic(tmp_path):
+    from autothink.toy.build import ToySettings, warm_start
+    from autothink.toy.task import eval_split, train_split
+
+    settings = ToySettings(sft_steps=15, train_problems=400, batch_size=16)
+    train = train_split(0, settings.train_problems, {p.problem for p in eval_split(0, 4)})
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    ra = warm_start(a, settings, train, progress=False)
+    rb = warm_start(b, settings, train, progress=False)
+    assert ra == rb
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert _sha(a / name) == _sha(b / name), name
