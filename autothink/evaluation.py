@@ -100,19 +100,20 @@ class VLLMSampler:
 def sample_scored(
     sampler: VLLMSampler,
     problems: Sequence[dict[str, Any]],
-    strategy: Strategy,
+    strategies: Sequence[Strategy],
     temperature: float,
     max_tokens: int,
     n: int = 1,
     grade: Grade = exact_grade,
-) -> list[Scored]:
-    prompts = [build_prompt(p["problem"], strategy) for p in problems]
-    outs = sampler.generate(prompts, temperature, max_tokens, n=n)
-    return [
-        score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade)
-        for p, cs in zip(problems, outs)
-        for c in cs
-    ]
+) -> dict[str, list[Scored]]:
+    """Sample every problem under every strategy in one engine call (one big batch)."""
+    jobs = [(s, p) for s in strategies for p in problems]
+    outs = sampler.generate([build_prompt(p["problem"], s) for s, p in jobs], temperature, max_tokens, n=n)
+    scored: dict[str, list[Scored]] = {s: [] for s in strategies}
+    for (strategy, p), completions in zip(jobs, outs):
+        for c in completions:
+            scored[strategy].append(score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade))
+    return scored
 
 
 def level_table(
@@ -125,8 +126,8 @@ def level_table(
     """Per level: think_acc (standard prompt), no_think_acc (no-thinking prompt), ellipsis_acc and
     ellipsis_no_think_rate (ellipsis prompt), plus mean response tokens under each."""
     by: dict[str, dict[Any, list[Scored]]] = {}
-    for strategy in ("standard", "no_think", "ellipsis"):
-        rows = sample_scored(sampler, problems, strategy, temperature, max_tokens, grade=grade)
+    sampled = sample_scored(sampler, problems, ("standard", "no_think", "ellipsis"), temperature, max_tokens, grade=grade)
+    for strategy, rows in sampled.items():
         grouped: dict[Any, list[Scored]] = defaultdict(list)
         for r in rows:
             grouped[r.level].append(r)

@@ -37,7 +37,7 @@ class ToySettings(Strict):
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    sft_steps: int = Field(700, ge=1)
+    sft_steps: int = Field(680, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = 2e-3
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")

@@ -94,12 +94,18 @@ def think_response(p: ToyProblem) -> str:
 def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: float = 0.5) -> tuple[str, str]:
     """(prompt, response) for the warm start.
 
-    The mode is drawn independently of the level, so the untrained no-think rate is flat across
-    difficulty, as for an R1 model under the ellipsis prompt.  Most examples use the ellipsis
-    prompt; some use the standard and no-thinking prompts so that those keep their meaning.
+    60% of examples use the ellipsis prompt, with the mode drawn independently of the level, so
+    the untrained no-think rate is flat across difficulty, as for an R1 model.  The rest keep the
+    other two prompts meaningful: 15% standard prompt with a think trace, 25% no-thinking prompt
+    with a direct answer (direct answers are short, so this trains one-pass answering cheaply).
     """
-    think = rng.random() < p_think
-    strategy = "ellipsis" if rng.random() < 0.8 else ("standard" if think else "no_think")
+    r = rng.random()
+    if r < 0.6:
+        strategy, think = "ellipsis", rng.random() < p_think
+    elif r < 0.75:
+        strategy, think = "standard", True
+    else:
+        strategy, think = "no_think", False
     if think:
         return build_prompt(p.problem, strategy), think_response(p)
     direct = final_answer(direct_value(p, rng, noise))
@@ -114,15 +120,21 @@ def eval_split(seed: int, per_level: int) -> list[ToyProblem]:
     return [make_problem(rng, level) for level in LEVELS for _ in range(per_level)]
 
 
-def train_split(seed: int, n: int, exclude: set[str]) -> list[ToyProblem]:
-    """Training problems with uniform levels, none equal to an excluded (eval) problem.
+#: How often each level appears in the warm start's training data.  Easy problems are short
+#: (cheap) and their direct answers must be exact, so they get more weight; the mode mix is the
+#: same at every level whatever the weights.
+TRAIN_LEVEL_WEIGHTS = (3, 2, 1, 1, 1, 1, 1, 1)
+
+
+def train_split(seed: int, n: int, exclude: set[str], weights: tuple[int, ...] = TRAIN_LEVEL_WEIGHTS) -> list[ToyProblem]:
+    """Training problems, levels drawn by ``weights``, none equal to an excluded (eval) problem.
 
     Level 1 has only 81 distinct problems, so it is exempt from the exclusion.
     """
     rng = random.Random(f"toy-train-{seed}")
     out: list[ToyProblem] = []
     while len(out) < n:
-        p = make_problem(rng, rng.choice(LEVELS))
+        p = make_problem(rng, rng.choices(LEVELS, weights=weights)[0])
         if p.level == 1 or p.problem not in exclude:
             out.append(p)
     return out

@@ -1,0 +1,1 @@
+"""The trajectory bus: typed messages (:mod:`.messages`) on Redis streams (:mod:`.streams`)."""

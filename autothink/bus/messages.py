@@ -1,0 +1,217 @@
+"""Typed messages of the trajectory bus and their wire codec.
+
+A message is one Redis stream entry: small fields as JSON (``meta``) and the bulky per-token
+arrays packed as binary — token ids as little-endian int32, log-probs as float32, all samples
+of a group concatenated, with per-sample lengths in ``meta``.  An 8k-token sample costs 64 KiB,
+not the ~150 KiB of a JSON list.  Decoding checks everything and raises :class:`MessageError`
+with the reason, which sends the entry to the dead-letter stream instead of crashing a consumer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+WIRE_VERSION = "1"
+MAX_META_BYTES = 16 << 20
+
+
+class MessageError(ValueError):
+    """An entry that is not a valid message of the expected type (the reason is the message)."""
+
+
+@dataclass
+class PromptMsg:
+    """One prompt to sample ``n`` responses for: one GRPO group."""
+
+    group_id: str
+    problem: str
+    answer: Any = None  # a string, a number or a list of acceptable answers; None when unknown
+    prompt: str = ""  # the full prompt text; empty: built from ``problem`` with ``strategy``
+    strategy: str = "ellipsis"
+    n: int = 8
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    level: Any = None
+    step: int = -1  # the learner step this group is for
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One sampled response."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Score:
+    """How the reward service judged one sample (the base reward, before shaping)."""
+
+    mode: str  # think / no_think (a response that never closes </think> counts as think)
+    format_ok: bool  # closed </think> and boxed an answer after it
+    correct: bool
+    status: str  # the grader's status, or no_ground_truth
+    reward: float
+    length: int
+    extracted: str | None = None
+
+
+@dataclass
+class RolloutGroup:
+    prompt: PromptMsg
+    policy_version: int
+    samples: list[Sample]
+    prompt_token_ids: list[int] = field(default_factory=list)
+    worker: str = ""
+
+    @property
+    def group_id(self) -> str:
+        return self.prompt.group_id
+
+
+@dataclass
+class ScoredGroup:
+    prompt: PromptMsg
+    policy_version: int
+    samples: list[Sample]
+    scores: list[Score]
+    prompt_token_ids: list[int] = field(default_factory=list)
+    worker: str = ""
+    scorer: str = ""
+
+    @property
+    def group_id(self) -> str:
+        return self.prompt.group_id
+
+
+# ------------------------------------------------------------------------------------------ codec
+
+
+def _pack(samples: list[Sample]) -> tuple[bytes, bytes, list[int]]:
+    lengths = [len(s.token_ids) for s in samples]
+    for s in samples:
+        if len(s.logprobs) not in (0, len(s.token_ids)):
+            raise MessageError(f"sample has {len(s.token_ids)} tokens but {len(s.logprobs)} log-probs")
+    ids = np.concatenate([np.asarray(s.token_ids, dtype="<i4") for s in samples]) if samples else np.zeros(0, "<i4")
+    lps = np.concatenate(
+        [np.asarray(s.logprobs if s.logprobs else [np.nan] * len(s.token_ids), dtype="<f4") for s in samples]
+    ) if samples else np.zeros(0, "<f4")
+    return ids.tobytes(), lps.tobytes(), lengths
+
+
+def _unpack(ids_b: bytes, lps_b: bytes, lengths: list[int], texts: list[str], reasons: list[str]) -> list[Sample]:
+    if len(ids_b) % 4 or len(lps_b) % 4:
+        raise MessageError("binary fields are not whole 4-byte values")
+    ids = np.frombuffer(ids_b, dtype="<i4")
+    lps = np.frombuffer(lps_b, dtype="<f4")
+    if sum(lengths) != len(ids) or len(ids) != len(lps):
+        raise MessageError(f"lengths sum to {sum(lengths)} but there are {len(ids)} ids and {len(lps)} log-probs")
+    if not (len(lengths) == len(texts) == len(reasons)):
+        raise MessageError("per-sample lists differ in length")
+    out, pos = [], 0
+    for n, text, reason in zip(lengths, texts, reasons):
+        if n < 0:
+            raise MessageError("negative sample length")
+        chunk_lp = lps[pos : pos + n]
+        out.append(
+            Sample(text, ids[pos : pos + n].tolist(), [] if n and np.isnan(chunk_lp).all() else chunk_lp.tolist(), reason)
+        )
+        pos += n
+    return out
+
+
+def _prompt_from(data: Any) -> PromptMsg:
+    if not isinstance(data, dict):
+        raise MessageError("prompt is not an object")
+    known = {f.name for f in fields(PromptMsg)}
+    unknown = set(data) - known
+    if unknown:
+        raise MessageError(f"prompt has unknown fields {sorted(unknown)}")
+    try:
+        p = PromptMsg(**data)
+    except TypeError as e:
+        raise MessageError(f"prompt: {e}") from None
+    if not isinstance(p.group_id, str) or not p.group_id:
+        raise MessageError("prompt.group_id must be a non-empty string")
+    if not isinstance(p.problem, str):
+        raise MessageError("prompt.problem must be a string")
+    if not isinstance(p.n, int) or p.n < 1:
+        raise MessageError("prompt.n must be a positive integer")
+    return p
+
+
+def encode(msg: PromptMsg | RolloutGroup | ScoredGroup) -> dict[str, bytes | str]:
+    """Stream-entry fields for ``msg``."""
+    if isinstance(msg, PromptMsg):
+        return {"type": "prompt", "v": WIRE_VERSION, "meta": json.dumps(asdict(msg))}
+    ids, lps, lengths = _pack(msg.samples)
+    meta: dict[str, Any] = {
+        "prompt": asdict(msg.prompt),
+        "policy_version": msg.policy_version,
+        "lengths": lengths,
+        "texts": [s.text for s in msg.samples],
+        "finish_reasons": [s.finish_reason for s in msg.samples],
+        "prompt_token_ids": list(msg.prompt_token_ids),
+        "worker": msg.worker,
+    }
+    kind = "rollout"
+    if isinstance(msg, ScoredGroup):
+        if len(msg.scores) != len(msg.samples):
+            raise MessageError("a scored group needs one score per sample")
+        meta["scores"] = [asdict(s) for s in msg.scores]
+        meta["scorer"] = msg.scorer
+        kind = "scored"
+    return {"type": kind, "v": WIRE_VERSION, "meta": json.dumps(meta), "ids": ids, "lp": lps}
+
+
+def _field(entry: dict[Any, Any], name: str) -> bytes:
+    value = entry.get(name.encode(), entry.get(name))
+    if value is None:
+        raise MessageError(f"missing field {name!r}")
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def decode(entry: dict[Any, Any], expect: str) -> PromptMsg | RolloutGroup | ScoredGroup:
+    """Decode stream-entry fields into the message type ``expect`` (prompt, rollout or scored)."""
+    kind = _field(entry, "type").decode(errors="replace")
+    if kind != expect:
+        raise MessageError(f"expected a {expect} message, got {kind!r}")
+    version = _field(entry, "v").decode(errors="replace")
+    if version != WIRE_VERSION:
+        raise MessageError(f"wire version {version!r} is not {WIRE_VERSION!r}")
+    raw = _field(entry, "meta")
+    if len(raw) > MAX_META_BYTES:
+        raise MessageError("meta field too large")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MessageError(f"meta is not JSON: {e}") from None
+    if kind == "prompt":
+        return _prompt_from(meta)
+    if not isinstance(meta, dict):
+        raise MessageError("meta is not an object")
+    try:
+        samples = _unpack(_field(entry, "ids"), _field(entry, "lp"), meta["lengths"], meta["texts"], meta["finish_reasons"])
+        prompt = _prompt_from(meta["prompt"])
+        version_no = int(meta["policy_version"])
+        prompt_ids = [int(t) for t in meta.get("prompt_token_ids", [])]
+        if kind == "rollout":
+            return RolloutGroup(prompt, version_no, samples, prompt_ids, str(meta.get("worker", "")))
+        scores = [Score(**s) for s in meta["scores"]]
+        if len(scores) != len(samples):
+            raise MessageError("one score per sample expected")
+        return ScoredGroup(prompt, version_no, samples, scores, prompt_ids, str(meta.get("worker", "")), str(meta.get("scorer", "")))
+    except KeyError as e:
+        raise MessageError(f"meta lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, MessageError):
+            raise
+        raise MessageError(f"malformed {kind} message: {e}") from None

@@ -1,0 +1,157 @@
+"""Redis streams with consumer groups: the at-least-once trajectory bus (DESIGN.md §4).
+
+A consumer reads entries through its group, writes its output, and only then acknowledges
+(XACK), so a crash loses nothing: the entry stays pending and, once idle for ``claim_idle_ms``,
+another consumer takes it over with XAUTOCLAIM.  Outputs can therefore be written twice; the
+final consumer de-duplicates by group id.  Streams are trimmed (approximate MAXLEN) so Redis
+memory stays bounded, and every call retries lost connections with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+
+from autothink.bus.messages import MessageError, PromptMsg, RolloutGroup, ScoredGroup, decode, encode
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StreamNames:
+    """Stream names of one run: ``autothink:{run_id}:{prompts|rollouts|scored|dead}``."""
+
+    run_id: str
+
+    def _name(self, part: str) -> str:
+        return f"autothink:{self.run_id}:{part}"
+
+    @property
+    def prompts(self) -> str:
+        return self._name("prompts")
+
+    @property
+    def rollouts(self) -> str:
+        return self._name("rollouts")
+
+    @property
+    def scored(self) -> str:
+        return self._name("scored")
+
+    @property
+    def dead(self) -> str:
+        return self._name("dead")
+
+
+@dataclass
+class Entry:
+    stream: str
+    id: str
+    fields: dict[Any, Any]
+
+
+class RedisBus:
+    """The operations every service needs, on one Redis connection pool."""
+
+    def __init__(
+        self,
+        url: str,
+        run_id: str,
+        max_stream_len: int = 100_000,
+        claim_idle_ms: int = 60_000,
+        retries: int = 8,
+        client: redis.Redis | None = None,
+    ):
+        self.client = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+        self.names = StreamNames(run_id)
+        self.max_stream_len = max_stream_len
+        self.claim_idle_ms = claim_idle_ms
+        self.retries = retries
+
+    # -- resilience
+    def _call(self, fn: Callable[[], T]) -> T:
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if attempt == self.retries:
+                    raise
+                log.warning("redis unavailable (%s); retrying in %.1fs", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    # -- primitives
+    def ensure_group(self, stream: str, group: str) -> None:
+        def create() -> None:
+            try:
+                self.client.xgroup_create(stream, group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+        self._call(create)
+
+    def add(self, stream: str, fields: dict[str, Any]) -> str:
+        entry_id = self._call(lambda: self.client.xadd(stream, fields, maxlen=self.max_stream_len, approximate=True))
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def read(self, stream: str, group: str, consumer: str, count: int = 16, block_ms: int = 1000) -> list[Entry]:
+        """Entries for ``consumer``: first ones left pending too long by others, then new ones."""
+        claimed = self._call(
+            lambda: self.client.xautoclaim(stream, group, consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=count)
+        )
+        entries = [Entry(stream, _id(i), f) for i, f in claimed[1] if f is not None]
+        if entries:
+            log.info("%s reclaimed %d pending entries from %s", consumer, len(entries), stream)
+            return entries
+        resp = self._call(lambda: self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms))
+        return [Entry(stream, _id(i), f) for _, items in (resp or []) for i, f in items]
+
+    def ack(self, stream: str, group: str, *ids: str) -> None:
+        if ids:
+            self._call(lambda: self.client.xack(stream, group, *ids))
+
+    def dead_letter(self, entry: Entry, reason: str, consumer: str) -> None:
+        """Keep a bad entry, with why and who, on the run's dead-letter stream."""
+        fields = {k if isinstance(k, str) else k.decode(errors="replace"): v for k, v in entry.fields.items()}
+        fields.update({"dead_reason": reason, "dead_from": entry.stream, "dead_id": entry.id, "dead_by": consumer})
+        self.add(self.names.dead, fields)
+
+    def pending(self, stream: str, group: str) -> int:
+        info = self._call(lambda: self.client.xpending(stream, group))
+        return int(info["pending"]) if isinstance(info, dict) else int(info[0])
+
+    def length(self, stream: str) -> int:
+        return int(self._call(lambda: self.client.xlen(stream)))
+
+    # -- typed helpers
+    def publish(self, stream: str, msg: PromptMsg | RolloutGroup | ScoredGroup) -> str:
+        return self.add(stream, encode(msg))
+
+    def decode_or_dead_letter(self, entry: Entry, expect: str, group: str, consumer: str) -> Any | None:
+        """The decoded message, or None after moving a malformed entry to the dead-letter stream."""
+        try:
+            return decode(entry.fields, expect)
+        except MessageError as e:
+            log.warning("dead-lettering %s %s: %s", entry.stream, entry.id, e)
+            self.dead_letter(entry, str(e), consumer)
+            self.ack(entry.stream, group, entry.id)
+            return None
+
+
+def _id(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,56 @@
+"""HTTP face of the reward service: POST /grade for ad-hoc checks, /health, /metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from autothink.scoring import reward_table, score_sample
+from services.reward.worker import RewardWorker
+
+
+class GradeRequest(BaseModel):
+    response: str = Field(max_length=1_000_000, description="The model's response (text after the prompt).")
+    ground_truth: str | int | float | list[str | int | float] | None
+    strategy: str = Field("ellipsis", pattern="^(standard|no_think|ellipsis)$")
+    num_tokens: int = Field(0, ge=0)
+
+
+class GradeResponse(BaseModel):
+    correct: bool
+    status: str
+    extracted: str | None
+    mode: str
+    format_ok: bool
+    reward: float
+    grade_ms: float
+
+
+def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
+    app = FastAPI(title="AutoThink reward service", version="1")
+    table, rule = reward_table(worker.cfg.rewards)
+
+    @app.post("/grade", response_model=GradeResponse)
+    def grade(req: GradeRequest) -> GradeResponse:
+        t0 = time.perf_counter()
+        s = score_sample(req.response, req.num_tokens, req.strategy, req.ground_truth, worker.grade, table, rule)
+        return GradeResponse(
+            correct=s.correct, status=s.status, extracted=s.extracted, mode=s.mode, format_ok=s.format_ok,
+            reward=s.reward, grade_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    @app.get("/health")
+    def health(response: Response) -> dict[str, Any]:
+        ok = worker.ready.is_set() and worker.bus.ping()
+        response.status_code = 200 if ok else 503
+        return {"status": "ok" if ok else "starting", "consumer": worker.consumer, "replaced_workers": worker.pool.replaced}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,109 @@
+"""Fixtures that start real processes and stop exactly those (never anything by name)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server on a free port, in a temp dir, stopped by the fixture."""
+
+    def __init__(self, workdir: Path, appendonly: bool = False):
+        self.port = free_port()
+        self.workdir = workdir
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir),
+                "--appendonly", "yes" if self.appendonly else "no", "--logfile", str(self.workdir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                if redis.Redis(port=self.port).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ServiceProcess:
+    """``python -m services.X`` with its environment; output goes to a log file for failures."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig_kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill() if sig_kill else self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    """Collects the service processes a test starts and stops every one of them."""
+    started: list[ServiceProcess] = []
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.stop()

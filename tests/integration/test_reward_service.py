@@ -1,0 +1,142 @@
+"""The reward service with a real redis-server, two real replicas and real HTTP."""
+
+import time
+
+import httpx
+import pytest
+import redis as redis_lib
+
+from autothink.bus.messages import PromptMsg, RolloutGroup, Sample
+from autothink.bus.streams import RedisBus
+from tests.conftest import ServiceProcess, free_port
+
+pytestmark = pytest.mark.slow
+RUN = "reward-it"
+
+# (response text, hand-computed base reward) for a problem whose answer is 12
+CASES = [
+    ("</think>\n\nThe answer is \\boxed{12}.", 2.0),  # no-think, correct
+    ("</think>\n\nThe answer is \\boxed{13}.", -1.0),  # no-think, wrong
+    ("</think>\n\n" + "twelve " * 12 + "\\boxed{13}", -2.0),  # no-think, wrong, looping
+    ("5+7=12\n</think>\n\n\\boxed{\\frac{24}{2}}", 1.0),  # think, correct in another form
+    ("5+7=13\n</think>\n\n\\boxed{13}", 0.0),  # think, wrong
+    ("5+7=12 and I never stop", 0.0),  # format error: no </think>
+    ("</think>\n\nit is twelve", 0.0),  # format error: no boxed answer
+]
+
+
+def _group(i: int) -> RolloutGroup:
+    prompt = PromptMsg(group_id=f"g{i:03d}", problem="What is $5+7$?", answer="12", n=len(CASES), level=1)
+    samples = [Sample(text, list(range(3 + k)), [-0.1] * (3 + k)) for k, (text, _) in enumerate(CASES)]
+    return RolloutGroup(prompt, policy_version=i % 3, samples=samples)
+
+
+def _start(services, tmp_path, redis_url, name, claim_idle_ms=60_000):
+    port = free_port()
+    env = {
+        "AUTOTHINK_REWARD_REDIS__URL": redis_url,
+        "AUTOTHINK_REWARD_RUN_ID": RUN,
+        "AUTOTHINK_REWARD_CONSUMER": name,
+        "AUTOTHINK_REWARD_PORT": str(port),
+        "AUTOTHINK_REWARD_GRADER_WORKERS": "1",
+        "AUTOTHINK_REWARD_REDIS__CLAIM_IDLE_MS": str(claim_idle_ms),
+    }
+    proc = ServiceProcess("services.reward", env, tmp_path / f"{name}.log")
+    services.append(proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc, base, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.proc.poll() is None, proc.output()
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{base} never became healthy:\n{proc.output()}")
+
+
+def _read_scored(bus, want, timeout=90):
+    client = bus.client
+    deadline = time.time() + timeout
+    seen = {}
+    from autothink.bus.messages import decode
+
+    while time.time() < deadline and len(seen) < want:
+        for _id, fields in client.xrange(bus.names.scored):
+            g = decode(fields, "scored")
+            seen.setdefault(g.group_id, g)
+        time.sleep(0.2)
+    return seen
+
+
+def test_two_replicas_score_every_group_once_and_dead_letter_bad_input(redis_server, services, tmp_path):
+    bus = RedisBus(redis_server.url, RUN)
+    a, base_a = _start(services, tmp_path, redis_server.url, "replica-a")
+    b, base_b = _start(services, tmp_path, redis_server.url, "replica-b")
+    _wait_healthy(a, base_a)
+    _wait_healthy(b, base_b)
+
+    n = 24
+    for i in range(n):
+        bus.publish(bus.names.rollouts, _group(i))
+        if i == 5:
+            bus.add(bus.names.rollouts, {"type": "rollout", "v": "1", "meta": "{broken"})
+        if i == 9:
+            bus.add(bus.names.rollouts, {"type": "prompt", "v": "1", "meta": "{}"})
+        time.sleep(0.02)
+
+    scored = _read_scored(bus, n)
+    assert sorted(scored) == [f"g{i:03d}" for i in range(n)]
+    for g in scored.values():
+        assert [s.reward for s in g.scores] == [r for _, r in CASES], g.group_id
+        assert [s.mode for s in g.scores] == ["no_think", "no_think", "no_think", "think", "think", "think", "no_think"]
+        assert [s.length for s in g.scores] == [3 + k for k in range(len(CASES))]
+        assert g.scores[3].extracted == "\\frac{24}{2}" and g.scores[3].correct
+    # both replicas took part; everything is acknowledged
+    assert {g.scorer for g in scored.values()} == {"replica-a", "replica-b"}
+    deadline = time.time() + 10
+    while bus.pending(bus.names.rollouts, "reward") and time.time() < deadline:
+        time.sleep(0.2)
+    assert bus.pending(bus.names.rollouts, "reward") == 0
+    # the malformed entries are kept with their reasons, and nothing else was lost
+    dead = bus.client.xrange(bus.names.dead)
+    reasons = sorted(f[b"dead_reason"].decode() for _, f in dead)
+    assert len(reasons) == 2
+    assert reasons[0].startswith("expected a rollout message") and reasons[1].startswith("meta is not JSON")
+
+    # ad-hoc grading over HTTP, and metrics
+    r = httpx.post(f"{base_a}/grade", json={"response": "</think>\n\n\\boxed{0.5}", "ground_truth": "\\frac{1}{2}"})
+    assert r.status_code == 200 and r.json()["correct"] and r.json()["reward"] == 2.0 and r.json()["mode"] == "no_think"
+    assert httpx.post(f"{base_a}/grade", json={"response": 5}).status_code == 422
+    metrics = httpx.get(f"{base_a}/metrics").text
+    assert "autothink_reward_groups_total" in metrics and 'autothink_reward_grades_total{status="ok"}' in metrics
+
+
+def test_entries_left_by_a_dead_consumer_are_reclaimed(redis_server, services, tmp_path):
+    bus = RedisBus(redis_server.url, RUN)
+    bus.ensure_group(bus.names.rollouts, "reward")
+    for i in range(4):
+        bus.publish(bus.names.rollouts, _group(i))
+    # a consumer reads the entries and dies before acknowledging them
+    taken = bus.read(bus.names.rollouts, "reward", "crashed-replica", count=10, block_ms=100)
+    assert len(taken) == 4 and bus.pending(bus.names.rollouts, "reward") == 4
+
+    proc, base = _start(services, tmp_path, redis_server.url, "survivor", claim_idle_ms=500)
+    _wait_healthy(proc, base)
+    scored = _read_scored(bus, 4, timeout=60)
+    assert sorted(scored) == ["g000", "g001", "g002", "g003"]
+    assert {g.scorer for g in scored.values()} == {"survivor"}
+    assert "reclaimed 4 pending entries" in proc.output() or bus.pending(bus.names.rollouts, "reward") == 0
+
+
+def test_bus_retries_a_lost_connection(redis_server):
+    bus = RedisBus(redis_server.url, RUN, retries=3)
+    bus.client.connection_pool.disconnect()
+    assert bus.add(bus.names.prompts, {"type": "prompt"})  # reconnects transparently
+    dead = RedisBus("redis://127.0.0.1:1/0", RUN, retries=1)
+    with pytest.raises(redis_lib.ConnectionError):
+        dead.add(dead.names.prompts, {"x": "y"})
