@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install proto clean help
+.PHONY: demo test test-fast install bench proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,10 @@ test: install  ## the whole suite: unit tests and integration tests with real pr
 
 test-fast: install  ## unit tests only
 	$(PY) -m pytest -m "not slow"
+
+bench: install  ## run the benchmarks (ratios against same-run baselines) and rewrite BENCHMARKS.md
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/run.py
 
 clean:  ## remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .cache runs reports

@@ -68,5 +68,8 @@ _CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?(?:\s.*)?$")
 def choice_letter(answer: str) -> str | None:
     """The multiple-choice letter of an answer such as ``\\textbf{(C)}``, ``(C) 12`` or ``C``."""
     s = _TEXT_CMD.sub(lambda m: m.group(1), str(answer)).replace("$", "").strip()
-    m = _CHOICE.match(s)
-    return m.group(1).upper() if m else None
+    for candidate in (s, normalize(s)):
+        m = _CHOICE.match(candidate)
+        if m:
+            return m.group(1)
+    return None

@@ -37,7 +37,7 @@ class ToySettings(Strict):
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    sft_steps: int = Field(680, ge=1)
+    sft_steps: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = 2e-3
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
@@ -45,7 +45,7 @@ class ToySettings(Strict):
     p_think: float = Field(0.5, gt=0, lt=1, description="Share of think-mode demonstrations, at every level.")
     noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.2, "max_offset": 3})
     eval_temperature: float = 0.6
-    max_response_tokens: int = 128
+    max_response_tokens: int = 96
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
@@ -212,9 +212,15 @@ def build(out: Path, settings: ToySettings = ToySettings(), progress: bool = Tru
     _write_jsonl(out / "data" / "train.jsonl", train)
     _write_jsonl(out / "data" / "eval.jsonl", evals)
     _log(f"data: {len(train)} train problems, {len(evals)} eval problems ({settings.eval_per_level} per level {LEVELS[0]}..{LEVELS[-1]})")
+    t_sft = time.perf_counter()
     sft = warm_start(out, settings, train, progress)
-    _log(f"warm start done: loss {sft['loss_first']:.3f} -> {sft['loss_last']:.3f}; evaluating with vLLM")
+    t_eval = time.perf_counter()
+    _log(
+        f"warm start done in {t_eval - t_sft:.0f} s: loss {sft['loss_first']:.3f} -> {sft['loss_last']:.3f}; "
+        "evaluating with vLLM"
+    )
     levels = evaluate(out, evals, settings)
+    _log(f"evaluation done in {time.perf_counter() - t_eval:.0f} s")
     summary = {
         "levels": levels,
         "build_seconds": round(time.perf_counter() - t0, 1),
