@@ -23,5 +23,8 @@ bench: install  ## run the benchmarks (ratios against same-run baselines) and re
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run.py
 
+proto: install  ## regenerate autothink/v1/*_pb2*.py from proto/
+	PYTHON=$(PY) scripts/gen_proto.sh
+
 clean:  ## remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .cache runs reports

@@ -46,7 +46,9 @@ class NoiseRule:
     max_offset: int = 3
 
     def probability(self, level: int) -> float:
-        """>>> [round(NoiseRule().probability(l), 1) for l in range(1, 9)]
+        """Chance that a direct demonstration at ``level`` is off.
+
+        >>> [round(NoiseRule().probability(l), 1) for l in range(1, 9)]
         [0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
         """
         if level < self.start_level:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from autothink.scoring import reward_table, score_sample
+from services._http import ops_app
 from services.reward.worker import RewardWorker
 
 
@@ -31,7 +31,11 @@ class GradeResponse(BaseModel):
 
 
 def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
-    app = FastAPI(title="AutoThink reward service", version="1")
+    def health() -> tuple[bool, dict[str, Any]]:
+        ok = worker.ready.is_set() and worker.bus.ping()
+        return ok, {"consumer": worker.consumer, "replaced_workers": worker.pool.replaced}
+
+    app = ops_app("AutoThink reward service", health, registry)
     table, rule = reward_table(worker.cfg.rewards)
 
     @app.post("/grade", response_model=GradeResponse)
@@ -42,15 +46,5 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
             correct=s.correct, status=s.status, extracted=s.extracted, mode=s.mode, format_ok=s.format_ok,
             reward=s.reward, grade_ms=(time.perf_counter() - t0) * 1000,
         )
-
-    @app.get("/health")
-    def health(response: Response) -> dict[str, Any]:
-        ok = worker.ready.is_set() and worker.bus.ping()
-        response.status_code = 200 if ok else 503
-        return {"status": "ok" if ok else "starting", "consumer": worker.consumer, "replaced_workers": worker.pool.replaced}
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -13,6 +13,7 @@ class RolloutServiceConfig(Strict):
     model: str = Field(".cache/toy-model", description="Local Hugging Face folder the engine starts from.")
     redis: RedisConfig = RedisConfig()
     weights: WeightSyncConfig = WeightSyncConfig()
+    follow_weights: bool = Field(True, description="Watch the weight service and swap in new versions.")
     prompts_per_generate: int = Field(16, ge=1, description="Prompt messages batched into one vLLM call.")
     max_model_len: int = Field(2048, ge=16)
     enforce_eager: bool = True

@@ -1,0 +1,27 @@
+"""vLLM worker extension: swaps new weights into the running engine.
+
+vLLM refuses ``collective_rpc`` with a plain function unless insecure serialization is allowed,
+so the engine is started with ``worker_extension_cls`` pointing here and the rollout service
+calls the method by name.  Tensors travel as a safetensors file (on /dev/shm where it exists)
+rather than through the RPC channel.
+"""
+
+from __future__ import annotations
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class; ``self.model_runner`` is the worker's model runner."""
+
+    def load_weights_from_file(self, path: str) -> int:
+        from safetensors.torch import load_file
+
+        weights = load_file(path)
+        runner = self.model_runner  # type: ignore[attr-defined]
+        if hasattr(runner, "reload_weights"):
+            # model.load_weights, then the same post-processing as at start-up: the CPU backend
+            # repacks linear weights into kernel layouts, so a bare load_weights would meet
+            # parameters that are already converted
+            runner.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
+        else:
+            runner.get_model().load_weights(weights=iter(weights.items()))
+        return len(weights)
