@@ -1,0 +1,111 @@
+"""From scored groups to a GRPO training batch (pure: no torch, no Redis).
+
+The learner reads scored groups (at least once, so possibly twice), keeps the first copy of each
+group id, applies the stage's reward shaping over the whole batch, normalises advantages inside
+each group, and cuts the batch into mini-batches of whole groups.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autothink.bus.messages import ScoredGroup
+from autothink.grpo import group_advantages
+from autothink.rewards import ShapingStage, shape_rewards
+
+
+@dataclass
+class TrainSample:
+    group_id: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    rollout_logprobs: list[float]
+    think: bool
+    correct: bool
+    length: int
+    reward: float  # the base reward; shaped rewards live beside, in TrainBatch
+    policy_version: int
+    level: Any = None
+
+
+@dataclass
+class TrainBatch:
+    samples: list[TrainSample]
+    rewards: list[float]  # after shaping
+    advantages: list[float]
+
+    def mini_batches(self, groups_per_mini_batch: int) -> list[list[int]]:
+        """Indices of samples, in mini-batches of whole groups (a group never straddles two)."""
+        order: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(self.samples):
+            order[s.group_id].append(i)
+        groups = list(order.values())
+        return [
+            [i for g in groups[k : k + groups_per_mini_batch] for i in g]
+            for k in range(0, len(groups), groups_per_mini_batch)
+        ]
+
+
+class GroupDeduper:
+    """Keeps the first copy of each group id (the bus delivers at least once)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.duplicates = 0
+
+    def fresh(self, groups: Iterable[ScoredGroup]) -> list[ScoredGroup]:
+        out = []
+        for g in groups:
+            if g.group_id in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(g.group_id)
+            out.append(g)
+        return out
+
+
+def flatten(groups: Sequence[ScoredGroup]) -> list[TrainSample]:
+    out = []
+    for g in groups:
+        for sample, score in zip(g.samples, g.scores):
+            out.append(
+                TrainSample(
+                    g.group_id, list(g.prompt_token_ids), list(sample.token_ids), list(sample.logprobs),
+                    score.mode == "think", bool(score.correct), len(sample.token_ids), float(score.reward),
+                    g.policy_version, g.prompt.level,
+                )
+            )
+    return out
+
+
+def build_batch(groups: Sequence[ScoredGroup], stage: ShapingStage) -> TrainBatch:
+    """Shape rewards over the batch (length shaping per group, then batch balance), then GRPO."""
+    samples = flatten(groups)
+    rewards = shape_rewards(samples, stage)
+    advantages = group_advantages(rewards, [s.group_id for s in samples])
+    return TrainBatch(samples, rewards, advantages)
+
+
+def batch_stats(batch: TrainBatch) -> dict[str, Any]:
+    """What the learner logs per step about the data it trained on."""
+    s = batch.samples
+    n = max(1, len(s))
+    by_level: dict[Any, list[bool]] = defaultdict(list)
+    for x in s:
+        by_level[x.level].append(not x.think)
+    think_len = [x.length for x in s if x.think]
+    direct_len = [x.length for x in s if not x.think]
+    return {
+        "samples": len(s),
+        "reward_base": sum(x.reward for x in s) / n,
+        "reward_shaped": sum(batch.rewards) / n,
+        "accuracy": sum(x.correct for x in s) / n,
+        "think_rate": sum(x.think for x in s) / n,
+        "no_think_rate_by_level": {str(k): round(sum(v) / len(v), 4) for k, v in sorted(by_level.items(), key=lambda kv: str(kv[0]))},
+        "mean_length_think": sum(think_len) / len(think_len) if think_len else 0.0,
+        "mean_length_no_think": sum(direct_len) / len(direct_len) if direct_len else 0.0,
+        "policy_versions": sorted({x.policy_version for x in s}),
+    }
