@@ -38,6 +38,7 @@ class PromptMsg:
     max_tokens: int = 1024
     level: Any = None
     step: int = -1  # the learner step this group is for
+    min_policy_version: int = 0  # sample with at least this policy version (bounded staleness)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

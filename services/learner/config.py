@@ -14,4 +14,7 @@ class LearnerServiceConfig(Strict):
     run_id: str = Field("default", description="Namespace of the run's streams.")
     resume: bool = Field(False, description="Continue from the latest checkpoint in the output folder.")
     weights_bind: str = Field("127.0.0.1:50051", description="Where the weight service listens.")
+    checkpoint_every: int = Field(10, ge=0, description="Steps between checkpoints (0: only at the end).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (the schedule's total otherwise).")
+    host: str = "127.0.0.1"
     metrics_port: int = Field(8003, ge=0, le=65535)

@@ -113,6 +113,18 @@ class RolloutWorker:
         self.metrics.version.set(version)
         log.info("now sampling policy version %d (swap took %.2f s)", version, dt)
 
+    def wait_for_version(self, version: int, timeout_s: float = 600.0) -> None:
+        """Bounded staleness: do not sample a prompt with a policy older than it asks for."""
+        deadline = time.monotonic() + timeout_s
+        while self.policy_version < version and not self.stop.is_set():
+            self.swap_weights_if_new()
+            if self.policy_version >= version:
+                return
+            if time.monotonic() > deadline:
+                log.warning("policy version %d not received in %.0f s; sampling with %d", version, timeout_s, self.policy_version)
+                return
+            time.sleep(0.05)
+
     # -- the loop
     def _prompt_text(self, m: PromptMsg) -> str:
         return m.prompt or build_prompt(m.problem, m.strategy, self.tokenizer)  # type: ignore[arg-type]
@@ -156,6 +168,7 @@ class RolloutWorker:
                 batch.append((entry, msg))
         if not batch:
             return len(entries)
+        self.wait_for_version(max(m.min_policy_version for _, m in batch))
         groups = self.generate([m for _, m in batch])
         for (entry, _), group in zip(batch, groups):
             self.bus.publish(names.rollouts, group)  # write first ...

@@ -1,0 +1,92 @@
+"""The whole training loop on the toy model: redis, reward, rollout and learner as real processes."""
+
+import json
+import time
+
+import httpx
+import pytest
+import yaml
+
+from autothink.bus.messages import decode
+from autothink.bus.streams import RedisBus
+from tests.conftest import ServiceProcess, free_port
+
+pytestmark = pytest.mark.slow
+RUN = "loop-it"
+
+
+def _wait(proc, url, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.proc.poll() is None, proc.output()
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} never became healthy:\n{proc.output()}")
+
+
+def test_three_stages_through_the_real_services(toy_model, redis_server, services, tmp_path):
+    model_dir = toy_model[0]
+    weights = f"127.0.0.1:{free_port()}"
+    stage = {"prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 96, "temperature": 0.6}
+    experiment = {
+        "name": "loop-test",
+        "model": {"path": str(model_dir)},
+        "stages": [
+            {"name": "stage1", "steps": 2, "batch_balance_rate": 0.5, **stage},
+            {"name": "stage2", "steps": 2, **stage},
+            {"name": "stage3", "steps": 2, "alpha": 0.05, "beta": 0.05, **stage},
+        ],
+        "optim": {"lr": 5e-5, "epochs": 1, "mini_batch_prompts": 4, "micro_batch_samples": 16, "gradient_checkpointing": False},
+        "deepspeed": {"zero_stage": 2, "dtype": "float32"},
+        "max_staleness": 1,
+        "redis": {"url": redis_server.url, "claim_idle_ms": 5000},
+        "weights": {"address": weights, "token": "t"},
+        "output_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
+
+    reward_port, rollout_port, learner_port = free_port(), free_port(), free_port()
+    reward = ServiceProcess("services.reward", {
+        "AUTOTHINK_REWARD_REDIS__URL": redis_server.url, "AUTOTHINK_REWARD_RUN_ID": RUN,
+        "AUTOTHINK_REWARD_PORT": str(reward_port), "AUTOTHINK_REWARD_GRADER_WORKERS": "1"}, tmp_path / "reward.log")
+    services.append(reward)
+    rollout = ServiceProcess("services.rollout", {
+        "AUTOTHINK_ROLLOUT_MODEL": str(model_dir), "AUTOTHINK_ROLLOUT_REDIS__URL": redis_server.url,
+        "AUTOTHINK_ROLLOUT_RUN_ID": RUN, "AUTOTHINK_ROLLOUT_PORT": str(rollout_port), "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256",
+        "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights, "AUTOTHINK_ROLLOUT_WEIGHTS__TOKEN": "t"}, tmp_path / "rollout.log")
+    services.append(rollout)
+    learner = ServiceProcess("services.learner", {
+        "AUTOTHINK_LEARNER_EXPERIMENT": str(tmp_path / "exp.yaml"), "AUTOTHINK_LEARNER_RUN_ID": RUN,
+        "AUTOTHINK_LEARNER_WEIGHTS_BIND": weights, "AUTOTHINK_LEARNER_METRICS_PORT": str(learner_port),
+        "AUTOTHINK_LEARNER_CHECKPOINT_EVERY": "0"}, tmp_path / "learner.log")
+    services.append(learner)
+
+    _wait(reward, f"http://127.0.0.1:{reward_port}/health")
+    _wait(rollout, f"http://127.0.0.1:{rollout_port}/health")
+    deadline = time.time() + 900
+    while learner.proc.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    assert learner.proc.returncode == 0, learner.output()
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(6))
+    assert [r["stage"] for r in rows] == ["stage1"] * 2 + ["stage2"] * 2 + ["stage3"] * 2
+    assert [r["policy_version"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        assert r["samples"] == 16 and 0 <= r["think_rate"] <= 1 and r["entropy"] > 0
+        assert set(r["no_think_rate_by_level"]) and r["optimizer_updates"] == 1
+        # bounded staleness: step k trains on rollouts of version >= k - 1
+        assert min(r["policy_versions"]) >= r["step"] - 1, r
+    # the rollout service followed the published versions
+    bus = RedisBus(redis_server.url, RUN)
+    versions = {decode(f, "rollout").policy_version for _, f in bus.client.xrange(bus.names.rollouts)}
+    assert max(versions) >= 4, versions
+    # the final checkpoint is a folder transformers loads
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint" / "hf")
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text()) == {"step": 6, "policy_version": 6}
