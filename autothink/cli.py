@@ -105,7 +105,7 @@ def toy_build(
     _print_level_table(summary["levels"])
     for name, ok in check_targets(summary).items():
         typer.echo(f"  [{'ok' if ok else 'MISSED'}] {name}", err=True)
-    typer.echo(f"built in {summary['build_seconds']:.0f} s -> {out}", err=True)
+    typer.echo(f"build time {summary['build_seconds']:.0f} s -> {out}", err=True)
     typer.echo(json.dumps(summary))
 
 

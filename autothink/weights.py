@@ -89,6 +89,7 @@ class WeightStore:
         self.keep = keep
         self._versions: OrderedDict[int, _Version] = OrderedDict()
         self._cond = threading.Condition()
+        self.closed = False
 
     def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
         tensors = []
@@ -115,9 +116,15 @@ class WeightStore:
         with self._cond:
             return self._versions.get(version)
 
+    def close(self) -> None:
+        """End every watch stream (a server stop alone leaves them waiting, holding the process)."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
     def wait_newer(self, after: int, timeout: float) -> _Version | None:
         with self._cond:
-            self._cond.wait_for(lambda: bool(self._versions) and next(reversed(self._versions)) > after, timeout)
+            self._cond.wait_for(lambda: self.closed or (bool(self._versions) and next(reversed(self._versions)) > after), timeout)
             v = next(reversed(self._versions.values())) if self._versions else None
             return v if v is not None and v.number > after else None
 
@@ -136,7 +143,7 @@ class _Servicer(pb_grpc.WeightServiceServicer):
 
     def WatchVersions(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.VersionInfo]:
         after = request.after_version
-        while context.is_active():
+        while context.is_active() and not self.store.closed:
             v = self.store.wait_newer(after, timeout=0.5)
             if v is not None:
                 after = v.number

@@ -83,8 +83,8 @@ class Learner:
             self.bus.ensure_group(self.bus.names.scored, GROUP)
             self.store = WeightStore()
             self.server = serve(self.store, svc.weights_bind, run.weights.token, run.weights.chunk_bytes)
-            if self.state["policy_version"] > 0:  # consumers at the base model must catch up
-                self.store.publish(self.state["policy_version"], self.trainer.state_dict())
+            if self.state["policy_version"] > 0:
+                self._resume_publish()
             self.dedupe = GroupDeduper()
             self.buffer: dict[int, list[tuple[str, ScoredGroup]]] = {}
             self.fed: set[int] = set()
@@ -153,13 +153,16 @@ class Learner:
             batch = build_batch(groups, step.stage)
             stats = self.trainer.train(batch, self.run_cfg.optim.mini_batch_prompts, step.stage.temperature)
             t2 = time.perf_counter()
-            state = self.trainer.state_dict()
             version = self.state["policy_version"] + 1
+            self.state = {"step": k + 1, "policy_version": version}
+            every = self.svc.checkpoint_every
+            if (every and (k + 1) % every == 0) or k + 1 == len(self.steps):
+                self.checkpoint()  # before publishing: a version consumers saw is never lost to a crash
+            state = self.trainer.state_dict()
             if self.rank == 0:
-                self.store.publish(version, state)
+                self._publish(version, state)
                 self.bus.ack(self.bus.names.scored, GROUP, *entry_ids)
             t3 = time.perf_counter()
-            self.state = {"step": k + 1, "policy_version": version}
             row = {
                 "step": k, "stage": step.stage.name, "policy_version": version, **stats, **batch_stats(batch),
                 "time_wait_s": round(t1 - t0, 3), "time_train_s": round(t2 - t1, 3), "time_publish_s": round(t3 - t2, 3),
@@ -174,9 +177,10 @@ class Learner:
                 self.g_think.set(row["think_rate"])
                 self.g_acc.set(row["accuracy"])
                 bar.set_postfix(stage=step.stage.name, reward=f"{row['reward_shaped']:.2f}", think=f"{row['think_rate']:.2f}", acc=f"{row['accuracy']:.2f}")
-            every = self.svc.checkpoint_every
-            if (every and (k + 1) % every == 0) or k + 1 == len(self.steps):
-                self.checkpoint()
+
+    def _publish(self, version: int, state: dict) -> None:
+        self.store.publish(version, state)
+        self.bus.client.set(f"autothink:{self.svc.run_id}:published_version", version)
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint(self) -> None:
@@ -197,6 +201,20 @@ class Learner:
         self.state = json.loads((ckpt / "state.json").read_text())
         log.info("resumed at step %d, policy version %d", self.state["step"], self.state["policy_version"])
 
+    def _resume_publish(self) -> None:
+        """Consumers still hold the base model or a version this learner published: hand them the
+        checkpoint.  Versions only move forward, so if the crashed learner published past its last
+        checkpoint (checkpoint_every > 1), the resumed weights take the next number after those."""
+        seen = int(self.bus.client.get(f"autothink:{self.svc.run_id}:published_version") or 0)
+        if seen > self.state["policy_version"]:
+            log.warning(
+                "versions %d..%d were published after the last checkpoint and are lost; resuming as version %d",
+                self.state["policy_version"] + 1, seen, seen + 1,
+            )
+            self.state["policy_version"] = seen + 1
+        self._publish(self.state["policy_version"], self.trainer.state_dict())
+
     def close(self) -> None:
         if self.rank == 0:
-            self.server.stop(0)
+            self.store.close()
+            self.server.stop(grace=1).wait()

@@ -28,11 +28,9 @@ def _wait(proc, url, timeout=300):
     raise AssertionError(f"{url} never became healthy:\n{proc.output()}")
 
 
-def test_three_stages_through_the_real_services(toy_model, redis_server, services, tmp_path):
-    model_dir = toy_model[0]
-    weights = f"127.0.0.1:{free_port()}"
+def _experiment(model_dir, redis_url, weights, out):
     stage = {"prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 96, "temperature": 0.6}
-    experiment = {
+    return {
         "name": "loop-test",
         "model": {"path": str(model_dir)},
         "stages": [
@@ -43,34 +41,50 @@ def test_three_stages_through_the_real_services(toy_model, redis_server, service
         "optim": {"lr": 5e-5, "epochs": 1, "mini_batch_prompts": 4, "micro_batch_samples": 16, "gradient_checkpointing": False},
         "deepspeed": {"zero_stage": 2, "dtype": "float32"},
         "max_staleness": 1,
-        "redis": {"url": redis_server.url, "claim_idle_ms": 5000},
+        "redis": {"url": redis_url, "claim_idle_ms": 5000},
         "weights": {"address": weights, "token": "t"},
-        "output_dir": str(tmp_path / "run"),
+        "output_dir": str(out),
     }
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
 
-    reward_port, rollout_port, learner_port = free_port(), free_port(), free_port()
+
+def _start_stack(services, tmp_path, model_dir, redis_url, weights):
+    reward_port, rollout_port = free_port(), free_port()
     reward = ServiceProcess("services.reward", {
-        "AUTOTHINK_REWARD_REDIS__URL": redis_server.url, "AUTOTHINK_REWARD_RUN_ID": RUN,
+        "AUTOTHINK_REWARD_REDIS__URL": redis_url, "AUTOTHINK_REWARD_RUN_ID": RUN,
         "AUTOTHINK_REWARD_PORT": str(reward_port), "AUTOTHINK_REWARD_GRADER_WORKERS": "1"}, tmp_path / "reward.log")
     services.append(reward)
     rollout = ServiceProcess("services.rollout", {
-        "AUTOTHINK_ROLLOUT_MODEL": str(model_dir), "AUTOTHINK_ROLLOUT_REDIS__URL": redis_server.url,
+        "AUTOTHINK_ROLLOUT_MODEL": str(model_dir), "AUTOTHINK_ROLLOUT_REDIS__URL": redis_url,
         "AUTOTHINK_ROLLOUT_RUN_ID": RUN, "AUTOTHINK_ROLLOUT_PORT": str(rollout_port), "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256",
         "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights, "AUTOTHINK_ROLLOUT_WEIGHTS__TOKEN": "t"}, tmp_path / "rollout.log")
     services.append(rollout)
-    learner = ServiceProcess("services.learner", {
-        "AUTOTHINK_LEARNER_EXPERIMENT": str(tmp_path / "exp.yaml"), "AUTOTHINK_LEARNER_RUN_ID": RUN,
-        "AUTOTHINK_LEARNER_WEIGHTS_BIND": weights, "AUTOTHINK_LEARNER_METRICS_PORT": str(learner_port),
-        "AUTOTHINK_LEARNER_CHECKPOINT_EVERY": "0"}, tmp_path / "learner.log")
-    services.append(learner)
-
     _wait(reward, f"http://127.0.0.1:{reward_port}/health")
     _wait(rollout, f"http://127.0.0.1:{rollout_port}/health")
-    deadline = time.time() + 900
-    while learner.proc.poll() is None and time.time() < deadline:
+
+
+def _learner(services, tmp_path, weights, name, **extra):
+    env = {
+        "AUTOTHINK_LEARNER_EXPERIMENT": str(tmp_path / "exp.yaml"), "AUTOTHINK_LEARNER_RUN_ID": RUN,
+        "AUTOTHINK_LEARNER_WEIGHTS_BIND": weights, "AUTOTHINK_LEARNER_METRICS_PORT": str(free_port()), **extra,
+    }
+    proc = ServiceProcess("services.learner", env, tmp_path / f"{name}.log")
+    services.append(proc)
+    return proc
+
+
+def _finish(proc, timeout=900):
+    deadline = time.time() + timeout
+    while proc.proc.poll() is None and time.time() < deadline:
         time.sleep(1)
-    assert learner.proc.returncode == 0, learner.output()
+    assert proc.proc.returncode == 0, proc.output()
+
+
+def test_three_stages_through_the_real_services(toy_model, redis_server, services, tmp_path):
+    model_dir = toy_model[0]
+    weights = f"127.0.0.1:{free_port()}"
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment(model_dir, redis_server.url, weights, tmp_path / "run")))
+    _start_stack(services, tmp_path, model_dir, redis_server.url, weights)
+    _finish(_learner(services, tmp_path, weights, "learner", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="0"))
 
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(6))
@@ -90,3 +104,31 @@ def test_three_stages_through_the_real_services(toy_model, redis_server, service
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint" / "hf")
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text()) == {"step": 6, "policy_version": 6}
+
+
+def test_killed_learner_resumes_where_it_stopped(toy_model, redis_server, services, tmp_path):
+    model_dir = toy_model[0]
+    weights = f"127.0.0.1:{free_port()}"
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment(model_dir, redis_server.url, weights, tmp_path / "run")))
+    _start_stack(services, tmp_path, model_dir, redis_server.url, weights)
+    first = _learner(services, tmp_path, weights, "learner-1", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1")
+    state_file = tmp_path / "run" / "checkpoint" / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        assert first.proc.poll() is None, first.output()
+        if state_file.exists() and json.loads(state_file.read_text())["step"] >= 3:
+            break
+        time.sleep(0.2)
+    first.stop(sig_kill=True)
+    at = json.loads(state_file.read_text())
+    assert 3 <= at["step"] < 6 and at["policy_version"] == at["step"]
+
+    second = _learner(services, tmp_path, weights, "learner-2", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1", AUTOTHINK_LEARNER_RESUME="true")
+    _finish(second)
+    assert f"resumed at step {at['step']}, policy version {at['policy_version']}" in second.output()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    resumed = rows[-(6 - at["step"]):]
+    assert [r["step"] for r in resumed] == list(range(at["step"], 6))
+    assert [r["policy_version"] for r in resumed] == list(range(at["step"] + 1, 7))
+    assert {r["step"] for r in rows} == set(range(6))
+    assert json.loads(state_file.read_text()) == {"step": 6, "policy_version": 6}

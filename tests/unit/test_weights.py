@@ -127,3 +127,13 @@ def test_generated_code_matches_the_proto(tmp_path):
         assert filecmp.cmp(tmp_path / "autothink/v1" / name, ROOT / "autothink/v1" / name, shallow=False), (
             f"autothink/v1/{name} drifted from proto/: run `make proto`"
         )
+
+
+def test_closing_the_store_ends_watch_streams(service):
+    store, addr = service
+    client = W.WeightClient(addr, token="s3cret")
+    stream = client.watch(after_version=0, timeout_s=10)
+    threading.Timer(0.3, store.close).start()
+    t0 = time.time()
+    assert list(stream) == [] and time.time() - t0 < 5  # ends, instead of holding a server thread
+    client.close()
