@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.learner",
-        description=(
-            "Run the AutoThink stages: feed prompts, train on scored groups with DeepSpeed, publish weights. "
-            "The experiment is a YAML file or preset (AUTOTHINK_* overrides apply); the learner's own settings "
-            "come from --config FILE and AUTOTHINK_LEARNER_* (e.g. AUTOTHINK_LEARNER_EXPERIMENT, "
-            "AUTOTHINK_LEARNER_RUN_ID, AUTOTHINK_LEARNER_RESUME=true). Multi-process: torchrun --nproc_per_node N -m services.learner"
-        ),
-    )
-    parser.add_argument("--config", help="YAML file with the learner's settings")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
-    args = parser.parse_args(argv)
-
-    from autothink.config import ConfigError, load_config, load_section
+    from autothink.config import RunConfig, load_config
+    from services._cli import service_settings
     from services.learner.config import LearnerServiceConfig
 
-    try:
-        svc = load_section(LearnerServiceConfig, "AUTOTHINK_LEARNER_", args.config)
-        if args.resume:
-            svc = svc.model_copy(update={"resume": True})
-        run = load_config(svc.experiment)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps({"learner": svc.model_dump(mode="json"), "experiment": run.model_dump(mode="json")}, indent=2))
-        return 0
+    experiment: dict[str, RunConfig] = {}
+
+    def with_experiment(svc: LearnerServiceConfig, args) -> dict:
+        experiment["run"] = load_config(svc.experiment)  # a ConfigError here exits 2 like any other
+        return {"learner": svc.model_dump(mode="json"), "experiment": experiment["run"].model_dump(mode="json")}
+
+    svc, args = service_settings(
+        "learner",
+        "Run the AutoThink stages: feed prompts, train on scored groups with DeepSpeed, publish weights. The experiment "
+        "is a YAML file or preset named by AUTOTHINK_LEARNER_EXPERIMENT (AUTOTHINK_* overrides apply). Multi-process: "
+        "torchrun --nproc_per_node N -m services.learner.",
+        LearnerServiceConfig, "AUTOTHINK_LEARNER_", argv,
+        add_args=lambda p: p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder"),
+        resolve=with_experiment,
+    )
+    if args.resume:
+        svc = svc.model_copy(update={"resume": True})
+    run = experiment["run"]
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s learner %(levelname)s %(message)s")
     from prometheus_client import CollectorRegistry

@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import signal
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.rollout",
-        description=(
-            "Sample groups of responses for prompts read off the run's Redis stream, with vLLM, and follow the "
-            "learner's weight service. Settings come from --config FILE and AUTOTHINK_ROLLOUT_* environment "
-            "variables (e.g. AUTOTHINK_ROLLOUT_MODEL, AUTOTHINK_ROLLOUT_REDIS__URL, AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS)."
-        ),
-    )
-    parser.add_argument("--config", help="YAML file with this service's settings")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
-    args = parser.parse_args(argv)
-
-    from autothink.config import ConfigError, load_section
+    from services._cli import service_settings
     from services.rollout.config import RolloutServiceConfig
 
-    try:
-        cfg = load_section(RolloutServiceConfig, "AUTOTHINK_ROLLOUT_", args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        return 0
-
+    cfg, _ = service_settings(
+        "rollout",
+        "Sample groups of responses for prompts read off the run's Redis stream, with vLLM, and follow the learner's "
+        "weight service (e.g. AUTOTHINK_ROLLOUT_MODEL, AUTOTHINK_ROLLOUT_REDIS__URL, AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS).",
+        RolloutServiceConfig, "AUTOTHINK_ROLLOUT_", argv,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rollout %(levelname)s %(message)s")
     from prometheus_client import CollectorRegistry
 
