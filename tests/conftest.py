@@ -109,21 +109,18 @@ def services(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
             s.stop()
 
 
-TOY_TEST_STEPS = 400
-
-
 @pytest.fixture(scope="session")
 def toy_model() -> tuple[Path, dict, list[str]]:
-    """A small toy build (300 warm-start steps, 16 eval problems a level), shared by the session.
+    """The default toy build (what `make demo` and the benchmarks use), shared by the session.
 
-    Built through the real CLI into .cache/ so that a second session reuses it (the build's own
-    cache); returns (folder, summary, the command that built it).
+    Built through the real CLI into .cache/toy-model, so a second session reuses it (the build's
+    own cache, keyed by its settings); returns (folder, summary, the command that built it).
     """
     import json
 
-    out = ROOT / ".cache" / f"test-toy-{TOY_TEST_STEPS}"
+    out = ROOT / ".cache" / "toy-model"
     autothink = str(Path(sys.executable).with_name("autothink"))
-    cmd = [autothink, "toy", "build", "--out", str(out), "--steps", str(TOY_TEST_STEPS), "--eval-per-level", "16", "--quiet"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    cmd = [autothink, "toy", "build", "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, json.loads(r.stdout.strip().splitlines()[-1]), cmd

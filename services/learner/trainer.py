@@ -24,20 +24,28 @@ log = logging.getLogger("autothink.learner")
 
 
 def init_distributed() -> tuple[int, int]:
-    """(rank, world size); a single process needs no launcher."""
+    """(rank, world size).  Under torchrun or the deepspeed launcher the environment says where
+    the rendezvous is; a single process without a launcher gets a private one on a free port
+    (only LOCAL_RANK=0 is exported, which DeepSpeed requires; no MASTER_PORT, so child processes
+    do not inherit a port that is taken)."""
     import deepspeed
     import torch.distributed as dist
 
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+            deepspeed.init_distributed(dist_backend=backend)
+        else:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.setdefault("LOCAL_RANK", "0")  # deepspeed.initialize insists on it
+            deepspeed.init_distributed(
+                dist_backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                auto_mpi_discovery=False,
+            )
     return dist.get_rank(), dist.get_world_size()
 
 

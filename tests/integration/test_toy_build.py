@@ -1,8 +1,4 @@
-"""The toy build as a user runs it: deterministic, loads in transformers and vLLM, dual-mode.
-
-The full build's targets are checked by its own summary (README); here a smaller budget is used
-with looser bounds.
-"""
+"""The toy build as a user runs it: deterministic, loads in transformers and vLLM, dual-mode."""
 
 import hashlib
 import json
@@ -35,15 +31,16 @@ def test_summary_has_every_level(small_build):
     assert summary["build_seconds"] > 0
 
 
-def test_small_budget_is_already_dual_mode(small_build):
-    # 400 warm-start steps instead of 800: the mode mix and the shape of the task are there, the
-    # accuracy of long think traces is not yet (the full build's own summary checks that)
+def test_the_build_has_the_shape_of_an_untrained_r1_model(small_build):
+    # the README's targets, with room for sampling noise (64 samples a level: about +-0.06)
     _, summary, _ = small_build
     levels = summary["levels"]
-    # both modes are used at every level under the ellipsis prompt (16 samples a level: loose band)
-    assert all(0.1 <= r["ellipsis_no_think_rate"] <= 0.9 for r in levels), levels
-    # easy problems are solved in both modes
-    assert levels[0]["think_acc"] >= 0.6 and levels[0]["no_think_acc"] >= 0.6, levels[0]
+    # both modes at every level, at a rate that does not follow difficulty
+    rates = [r["ellipsis_no_think_rate"] for r in levels]
+    assert all(0.2 <= x <= 0.8 for x in rates), rates
+    # easy problems are solved in both modes; on the hardest level thinking wins clearly
+    assert levels[0]["think_acc"] >= 0.85 and levels[0]["no_think_acc"] >= 0.85, levels[0]
+    assert levels[-1]["think_acc"] - levels[-1]["no_think_acc"] >= 0.2, levels[-1]
     # direct answers degrade with difficulty; think traces make answers longer
     assert levels[0]["no_think_acc"] - levels[-1]["no_think_acc"] >= 0.3, levels
     assert all(r["think_tokens"] > r["no_think_tokens"] for r in levels)

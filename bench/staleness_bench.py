@@ -1,0 +1,104 @@
+"""Learner steps per hour with max_staleness 0 (on-policy) and 1 (generate step k+1 while step k
+trains), on the toy preset, through the real services, in one run.
+
+    .venv/bin/python bench/staleness_bench.py --model .cache/toy-model --steps 8
+
+One redis-server, one reward service and one rollout service serve both runs; each run is a
+fresh learner process on its own run id. A step's time is the wall time between consecutive
+metrics.jsonl rows (the first step, which includes start-up, is dropped). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=".cache/toy-model")
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+    import httpx
+
+    from autothink.config import load_config
+    from tests.conftest import RedisServer, free_port
+
+    work = Path(tempfile.mkdtemp())
+    redis = RedisServer(work)
+    redis.start()
+    procs: list[subprocess.Popen] = []
+
+    def start(module: str, env: dict[str, str], log: str) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env},
+                             stdout=open(work / log, "wb"), stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    results = {}
+    try:
+        for staleness in (0, 1):
+            run_id = f"stale{staleness}"
+            weights = f"127.0.0.1:{free_port()}"
+            cfg = load_config("toy", environ={}).model_dump(mode="json")
+            cfg["model"]["path"] = str(Path(args.model).resolve())
+            cfg["stages"] = [dict(cfg["stages"][0], steps=args.steps)]
+            cfg.update(max_staleness=staleness, output_dir=str(work / run_id), redis={"url": redis.url}, weights={"address": weights})
+            (work / f"{run_id}.yaml").write_text(yaml.safe_dump(cfg))
+            rport, oport = free_port(), free_port()
+            reward = start("services.reward", {"AUTOTHINK_REWARD_REDIS__URL": redis.url, "AUTOTHINK_REWARD_RUN_ID": run_id,
+                                               "AUTOTHINK_REWARD_PORT": str(rport), "AUTOTHINK_REWARD_GRADER_WORKERS": "1"}, f"reward{staleness}.log")
+            rollout = start("services.rollout", {"AUTOTHINK_ROLLOUT_MODEL": cfg["model"]["path"], "AUTOTHINK_ROLLOUT_REDIS__URL": redis.url,
+                                                 "AUTOTHINK_ROLLOUT_RUN_ID": run_id, "AUTOTHINK_ROLLOUT_PORT": str(oport),
+                                                 "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256", "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights},
+                            f"rollout{staleness}.log")
+            for port in (rport, oport):
+                while True:
+                    try:
+                        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.5)
+            rows_path = work / run_id / "metrics.jsonl"
+            learner = start("services.learner", {"AUTOTHINK_LEARNER_EXPERIMENT": str(work / f"{run_id}.yaml"), "AUTOTHINK_LEARNER_RUN_ID": run_id,
+                                                 "AUTOTHINK_LEARNER_WEIGHTS_BIND": weights, "AUTOTHINK_LEARNER_METRICS_PORT": str(free_port()),
+                                                 "AUTOTHINK_LEARNER_CHECKPOINT_EVERY": "0"}, f"learner{staleness}.log")
+            stamps: list[float] = []
+            seen = 0
+            while learner.poll() is None:
+                if rows_path.exists():
+                    n = len(rows_path.read_text().splitlines())
+                    stamps += [time.perf_counter()] * (n - seen)
+                    seen = n
+                time.sleep(0.05)
+            if learner.returncode != 0:
+                raise RuntimeError((work / f"learner{staleness}.log").read_text()[-3000:])
+            step_s = [b - a for a, b in zip(stamps, stamps[1:])]
+            results[staleness] = {"median_step_s": round(statistics.median(step_s), 3), "steps_per_hour": round(3600 / statistics.median(step_s), 1)}
+            for p in (reward, rollout):
+                p.terminate()
+                p.wait(30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        redis.stop()
+    print(json.dumps({"steps": args.steps, "prompts_per_step": 16, "samples_per_prompt": 8, "max_staleness_0": results[0],
+                      "max_staleness_1": results[1], "ratio": round(results[1]["steps_per_hour"] / results[0]["steps_per_hour"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
