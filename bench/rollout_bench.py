@@ -42,11 +42,9 @@ def bare(model: str, prompts: list[str], n: int, max_tokens: int, repeats: int) 
 
 
 def service(model: str, problems: list, n: int, max_tokens: int, repeats: int) -> list[float]:
-    import httpx
-
     from autothink.bus.messages import PromptMsg, decode
     from autothink.bus.streams import RedisBus
-    from tests.conftest import RedisServer, free_port
+    from tests.conftest import RedisServer, free_port, wait_healthy
 
     work = Path(tempfile.mkdtemp())
     redis = RedisServer(work)
@@ -58,13 +56,7 @@ def service(model: str, problems: list, n: int, max_tokens: int, repeats: int) -
     proc = subprocess.Popen([sys.executable, "-m", "services.rollout"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         bus = RedisBus(redis.url, "bench")
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         rates = []
         for r in range(repeats + 1):
             msgs = [PromptMsg(group_id=f"r{r}-{i}", problem=p.problem, answer=p.answer, n=n, temperature=0.6, max_tokens=max_tokens)

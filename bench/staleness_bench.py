@@ -31,10 +31,8 @@ def main() -> None:
     ap.add_argument("--model", default=".cache/toy-model")
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
-    import httpx
-
     from autothink.config import load_config
-    from tests.conftest import RedisServer, free_port
+    from tests.conftest import RedisServer, free_port, wait_healthy
 
     work = Path(tempfile.mkdtemp())
     redis = RedisServer(work)
@@ -64,14 +62,8 @@ def main() -> None:
                                                  "AUTOTHINK_ROLLOUT_RUN_ID": run_id, "AUTOTHINK_ROLLOUT_PORT": str(oport),
                                                  "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256", "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights},
                             f"rollout{staleness}.log")
-            for port in (rport, oport):
-                while True:
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.5)
+            for port, proc in ((rport, reward), (oport, rollout)):
+                wait_healthy(f"http://127.0.0.1:{port}/health", proc)
             rows_path = work / run_id / "metrics.jsonl"
             learner = start("services.learner", {"AUTOTHINK_LEARNER_EXPERIMENT": str(work / f"{run_id}.yaml"), "AUTOTHINK_LEARNER_RUN_ID": run_id,
                                                  "AUTOTHINK_LEARNER_WEIGHTS_BIND": weights, "AUTOTHINK_LEARNER_METRICS_PORT": str(free_port()),

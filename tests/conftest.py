@@ -98,6 +98,24 @@ class ServiceProcess:
         self.log.close()
 
 
+def wait_healthy(url: str, proc: "ServiceProcess | subprocess.Popen | None" = None, timeout: float = 300.0) -> None:
+    """Poll ``url`` (a /health endpoint) until it answers 200; fail early if ``proc`` exits."""
+    import httpx
+
+    popen = getattr(proc, "proc", proc)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if popen is not None and popen.poll() is not None:
+            raise AssertionError(f"process exited before {url} was healthy:\n{proc.output() if hasattr(proc, 'output') else ''}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never became healthy:\n{proc.output() if hasattr(proc, 'output') else ''}")
+
+
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
     """Collects the service processes a test starts and stops every one of them."""

@@ -8,7 +8,6 @@ import torch
 from autothink.batching import build_batch
 from autothink.bus.messages import PromptMsg, Sample, Score, ScoredGroup
 from autothink.config import DeepSpeedConfig, OptimConfig
-from autothink.grpo import policy_loss
 from autothink.prompting import build_prompt
 from autothink.toy.task import final_answer, make_problem, think_response
 

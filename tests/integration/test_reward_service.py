@@ -8,7 +8,7 @@ import redis as redis_lib
 
 from autothink.bus.messages import PromptMsg, RolloutGroup, Sample
 from autothink.bus.streams import RedisBus
-from tests.conftest import ServiceProcess, free_port
+from tests.conftest import ServiceProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "reward-it"
@@ -46,19 +46,6 @@ def _start(services, tmp_path, redis_url, name, claim_idle_ms=60_000):
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _wait_healthy(proc, base, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.proc.poll() is None, proc.output()
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{base} never became healthy:\n{proc.output()}")
-
-
 def _read_scored(bus, want, timeout=90):
     client = bus.client
     deadline = time.time() + timeout
@@ -77,8 +64,8 @@ def test_two_replicas_score_every_group_once_and_dead_letter_bad_input(redis_ser
     bus = RedisBus(redis_server.url, RUN)
     a, base_a = _start(services, tmp_path, redis_server.url, "replica-a")
     b, base_b = _start(services, tmp_path, redis_server.url, "replica-b")
-    _wait_healthy(a, base_a)
-    _wait_healthy(b, base_b)
+    wait_healthy(f"{base_a}/health", a)
+    wait_healthy(f"{base_b}/health", b)
 
     n = 24
     for i in range(n):
@@ -126,7 +113,7 @@ def test_entries_left_by_a_dead_consumer_are_reclaimed(redis_server, services, t
     assert len(taken) == 4 and bus.pending(bus.names.rollouts, "reward") == 4
 
     proc, base = _start(services, tmp_path, redis_server.url, "survivor", claim_idle_ms=500)
-    _wait_healthy(proc, base)
+    wait_healthy(f"{base}/health", proc)
     scored = _read_scored(bus, 4, timeout=60)
     assert sorted(scored) == ["g000", "g001", "g002", "g003"]
     assert {g.scorer for g in scored.values()} == {"survivor"}

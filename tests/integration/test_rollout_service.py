@@ -13,7 +13,7 @@ from autothink import weights as W
 from autothink.bus.messages import PromptMsg, decode
 from autothink.bus.streams import RedisBus
 from autothink.toy.task import eval_split
-from tests.conftest import ServiceProcess, free_port
+from tests.conftest import ServiceProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "rollout-it"
@@ -36,16 +36,8 @@ def _start(services, tmp_path, redis_url, model, name, weights_addr="", claim_id
     proc = ServiceProcess("services.rollout", env, tmp_path / f"{name}.log")
     services.append(proc)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        assert proc.proc.poll() is None, proc.output()
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"rollout service never became ready:\n{proc.output()}")
+    wait_healthy(f"{base}/health", proc, timeout=240)
+    return proc, base
 
 
 def _prompts(tag, k, n=4, temperature=0.6, max_tokens=96):

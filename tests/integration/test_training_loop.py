@@ -3,29 +3,15 @@
 import json
 import time
 
-import httpx
 import pytest
 import yaml
 
 from autothink.bus.messages import decode
 from autothink.bus.streams import RedisBus
-from tests.conftest import ServiceProcess, free_port
+from tests.conftest import ServiceProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "loop-it"
-
-
-def _wait(proc, url, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.proc.poll() is None, proc.output()
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} never became healthy:\n{proc.output()}")
 
 
 def _experiment(model_dir, redis_url, weights, out):
@@ -58,8 +44,8 @@ def _start_stack(services, tmp_path, model_dir, redis_url, weights):
         "AUTOTHINK_ROLLOUT_RUN_ID": RUN, "AUTOTHINK_ROLLOUT_PORT": str(rollout_port), "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256",
         "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights, "AUTOTHINK_ROLLOUT_WEIGHTS__TOKEN": "t"}, tmp_path / "rollout.log")
     services.append(rollout)
-    _wait(reward, f"http://127.0.0.1:{reward_port}/health")
-    _wait(rollout, f"http://127.0.0.1:{rollout_port}/health")
+    wait_healthy(f"http://127.0.0.1:{reward_port}/health", reward)
+    wait_healthy(f"http://127.0.0.1:{rollout_port}/health", rollout)
 
 
 def _learner(services, tmp_path, weights, name, **extra):
