@@ -143,6 +143,20 @@ def demo() -> None:
     sys.exit(code)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def gateway(ctx: typer.Context) -> None:
+    """Serve a model: POST /generate and an OpenAI-compatible API (see `autothink gateway --help`).
+
+    Example: autothink gateway --model .cache/toy-model --port 8000 [--api-key KEY]
+    """
+    from services.gateway.__main__ import main as gateway_main
+
+    sys.exit(gateway_main(list(ctx.args)))
+
+
 def main() -> None:
     app()
 

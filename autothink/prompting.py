@@ -43,19 +43,32 @@ def user_turn(problem: str, tokenizer: Any | None = None) -> str:
     """The conversation up to and including the assistant tag, with no ``<think>`` yet.
 
     Without a tokenizer the DeepSeek-R1 format is written literally.  With one, its own chat
-    template renders the turn; newer R1 templates already append ``<think>\\n`` to the
-    generation prompt, which is removed so that the strategy decides what follows.
+    template renders the turn (see :func:`chat_turns`).
     """
     content = problem.rstrip() + INSTRUCTION_SUFFIX
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         return f"{BOS}{USER}{content}{ASSISTANT}"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
+    return chat_turns([{"role": "user", "content": content}], tokenizer)
+
+
+def chat_turns(messages: list[dict[str, str]], tokenizer: Any) -> str:
+    """A conversation rendered by the model's chat template, up to the assistant tag.
+
+    Newer R1 templates already append ``<think>\\n`` to the generation prompt; it is removed so
+    that the strategy decides what follows.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     stripped = text.rstrip("\n")
     if stripped.endswith(THINK_OPEN):
         text = stripped[: -len(THINK_OPEN)]
     return text
+
+
+def chat_prompt(messages: list[dict[str, str]], strategy: Strategy, tokenizer: Any) -> str:
+    """The prompt text for a chat conversation under ``strategy``."""
+    if strategy not in ASSISTANT_PREFIX:
+        raise ValueError(f"unknown prompting strategy {strategy!r}; expected one of {STRATEGIES}")
+    return chat_turns(messages, tokenizer) + ASSISTANT_PREFIX[strategy]
 
 
 def build_prompt(problem: str, strategy: Strategy = "ellipsis", tokenizer: Any | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import Field
 
 from autothink.config import Strict, WeightSyncConfig
@@ -9,11 +11,39 @@ from autothink.config import Strict, WeightSyncConfig
 
 class GatewayConfig(Strict):
     model: str = Field(".cache/toy-model", description="Local Hugging Face folder to serve.")
-    served_model_name: str = "autothink"
+    served_model_name: str = Field("autothink", description="The model id of the OpenAI API.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str = Field("", description="Bearer key; required on a non-loopback host unless allow_no_key.")
-    allow_no_key: bool = False
-    max_concurrency: int = Field(64, ge=1, description="In-flight requests before answering 429.")
-    max_request_bytes: int = Field(1 << 20, ge=1024)
-    follow_weights: WeightSyncConfig | None = None
+    allow_no_key: bool = Field(False, description="Serve a non-loopback address without an API key.")
+    max_concurrency: int = Field(64, ge=1, description="Requests in flight before answering 429.")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413 above).")
+    max_n: int = Field(16, ge=1, description="Most choices per request.")
+    max_model_len: int = Field(2048, ge=16, description="Context length given to the engine.")
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens of /generate when the request has none.")
+    enforce_eager: bool = False
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    policy_version: int = Field(0, ge=0, description="Version number of the weights in `model` (reported per response).")
+    follow_weights: WeightSyncConfig | None = Field(None, description="Watch the learner's weight service and hot-swap new versions.")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0"), is_loopback("::1")
+    (True, True, False, True)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: GatewayConfig) -> str | None:
+    """Why the gateway must not start with these settings, or None."""
+    if not cfg.api_key and not cfg.allow_no_key and not is_loopback(cfg.host):
+        return (f"refusing to serve {cfg.host} without an API key: set --api-key (AUTOTHINK_GATEWAY_API_KEY), "
+                "bind 127.0.0.1, or pass --allow-no-key to accept the risk")
+    return None
