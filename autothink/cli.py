@@ -127,20 +127,267 @@ def selfcheck() -> None:
     sys.exit(run())
 
 
+def _load_run(source: str, set_: list[str] | None):
+    from autothink.config import ConfigError, load_config
+
+    try:
+        return load_config(source, set_ or [])
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _ensure_model(run) -> None:  # type: ignore[no-untyped-def]
+    """Build the toy model when the experiment uses the toy task and the folder is not there yet."""
+    from pathlib import Path
+
+    if (Path(run.model.path) / "config.json").is_file():
+        return
+    if run.data.source != "toy":
+        _fail(f"model folder {run.model.path} not found")
+    from autothink.toy.build import ToySettings, build, set_threads
+
+    typer.echo(f"building the toy model into {run.model.path} (once; about 5 minutes on 2 cores) ...", err=True)
+    set_threads()
+    build(Path(run.model.path), ToySettings(), progress=True)
+
+
+def _train(run, opts, quiet_bar: bool = False):  # type: ignore[no-untyped-def]
+    """Run the schedule through the services with a progress bar; exit 1 naming a dead service."""
+    from tqdm import tqdm
+
+    from services.launcher import ServiceDied, train
+    from services.learner.worker import plan
+
+    steps = plan(run.stages)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(steps), desc="starting services", unit="step", disable=quiet_bar or not tty, dynamic_ncols=True)
+    said = {"step": -1}
+
+    def progress(status: dict) -> None:
+        k = min(int(status.get("step", 0)), len(steps) - 1)
+        if not tty and status.get("step", 0) != said["step"] and (status.get("step", 0) % 10 == 0 or status.get("finished")):
+            said["step"] = status.get("step", 0)  # a log, not a terminal: one line every 10 steps
+            last = status.get("last") or {}
+            typer.echo(f"[progress] {steps[k].stage.name} step {said['step']}/{len(steps)} reward {last.get('reward_shaped', 0):.2f} "
+                       f"think {last.get('think_rate', 0):.2f} acc {last.get('accuracy', 0):.2f}", err=True)
+        bar.set_description(f"{steps[k].stage.name} step {status.get('step', 0)}/{len(steps)}")
+        last = status.get("last") or {}
+        if last:
+            bar.set_postfix(reward=f"{last.get('reward_shaped', 0):.2f}", think=f"{last.get('think_rate', 0):.2f}",
+                            acc=f"{last.get('accuracy', 0):.2f}", refresh=False)
+        bar.n = int(status.get("step", 0))
+        bar.refresh()
+
+    try:
+        stack = train(run, opts, progress=progress, write=tqdm.write)
+    except ServiceDied as e:
+        bar.close()
+        typer.secho(f"error: {e}; the last lines of its log:", fg=typer.colors.RED, err=True)
+        typer.echo(e.tail, err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        bar.close()
+        typer.echo("interrupted; every service was stopped", err=True)
+        raise typer.Exit(130) from None
+    bar.n = len(steps)
+    bar.close()
+    return stack
+
+
+ExperimentArg = Annotated[str, typer.Argument(help="A YAML file or a preset name (see `autothink config presets`).")]
+
+
 @app.command()
-def demo() -> None:
-    """The main job: build the toy model, run the three AutoThink stages, evaluate, serve.
+def up(
+    experiment: ExperimentArg = "toy",
+    set_: SetOpt = None,
+    host: Annotated[str, typer.Option(help="Gateway address (a non-loopback one needs --api-key).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    api_key: Annotated[str, typer.Option(help="Bearer key the gateway requires.")] = "",
+    redis_url: Annotated[Optional[str], typer.Option(help="Use this Redis instead of starting a redis-server.")] = None,
+    run_id: Annotated[str, typer.Option(help="Namespace of the run's Redis streams.")] = "up",
+    learner_procs: Annotated[int, typer.Option(help="Learner processes (torchrun) on this machine.")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue from the learner's checkpoint in the output folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Service logs to RUN/logs only, not to the console.")] = False,
+    exit_when_trained: Annotated[bool, typer.Option(help="Stop everything once trained instead of serving.")] = False,
+) -> None:
+    """Start the whole system on this machine, train, then serve the result.
 
-    Until the end-to-end demo lands this runs the self-check and says what is coming.
+    redis-server, reward, rollout, learner and gateway run as child processes with health checks;
+    their logs are prefixed per service (and kept in RUN/logs/); Ctrl-C stops them all.  Once the stages finish, the training services stop and the gateway keeps serving the final
+    policy until Ctrl-C.  Exits non-zero naming the service if one dies.
     """
-    from autothink.selfcheck import run
+    from services.gateway.config import GatewayConfig, check_exposure
+    from services.launcher import UpOptions, curl_example, serve_forever
 
-    code = run()
-    typer.echo(
-        "\nThe full demo (toy model build -> stage 1/2/3 through the real services -> evaluation"
-        " table -> gateway on localhost) is being built; see the README's roadmap."
-    )
-    sys.exit(code)
+    run = _load_run(experiment, set_)
+    if (why := check_exposure(GatewayConfig(host=host, api_key=api_key))) is not None:
+        _fail(why)
+    _ensure_model(run)
+    opts = UpOptions(run_id=run_id, gateway_host=host, gateway_port=port, api_key=api_key, redis_url=redis_url,
+                     learner_procs=learner_procs, resume=resume, echo=not quiet)
+    stack = _train(run, opts)
+    typer.echo(f"\ntrained: {len(stack.metrics)} steps, policy version {stack.final_version}; run folder {stack.run_dir}")
+    typer.echo(f"the gateway serves it on {stack.gateway_url} (OpenAI API under {stack.gateway_url}/v1):\n")
+    typer.echo(curl_example(stack.gateway_url, api_key))
+    if exit_when_trained:
+        stack.sup.stop_all()
+        return
+    typer.echo("\nCtrl-C to stop.")
+    sys.exit(serve_forever(stack, typer.echo))
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Report folder.")] = "reports/demo",
+    eval_per_level: Annotated[int, typer.Option(help="Toy eval problems per difficulty level.")] = 16,
+    samples: Annotated[int, typer.Option(help="Samples per problem (the paper uses 8).")] = 8,
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    set_: SetOpt = None,
+    serve: Annotated[bool, typer.Option(help="Keep serving the trained model afterwards (Ctrl-C stops).")] = True,
+) -> None:
+    """The main job: toy model, three AutoThink stages, evaluation, report, then serving.
+
+    Builds the toy model if needed, runs the stages through the real services, evaluates, writes
+    a report, then serves the final model on localhost.  Prints a table shaped like the paper's Table 1 (standard / no-thinking / ellipsis prompts and
+    AutoThink stages 1-3: accuracy and mean tokens per difficulty group, think rate, E-F1) and the
+    think rate by difficulty before and after; writes report.json, report.md and PNG plots.
+    """
+    import time
+    from pathlib import Path
+
+    from services.launcher import UpOptions, curl_example, serve_forever
+
+    t0 = time.time()
+    run = _load_run("toy", set_)
+    _ensure_model(run)
+    typer.echo("training: redis + reward + rollout (vLLM) + learner (DeepSpeed) + gateway, logs in "
+               f"{Path(run.output_dir).resolve() / 'logs'}", err=True)
+    stack = _train(run, UpOptions(run_id="demo", gateway_port=port, echo=False))
+    try:
+        report_dir = _report(run, stack, Path(out), eval_per_level, samples, time.time() - t0)
+    except BaseException:
+        stack.sup.stop_all()
+        raise
+    typer.echo(f"\nreport: {report_dir.resolve()} (report.md, report.json, plots)   total {time.time() - t0:.0f} s")
+    if not serve:
+        stack.sup.stop_all()
+        return
+    typer.echo(f"\nthe gateway serves the final model on {stack.gateway_url}; try:\n\n{curl_example(stack.gateway_url)}\n\nCtrl-C to stop.")
+    sys.exit(serve_forever(stack, typer.echo))
+
+
+def _report(run, stack, out, per_level: int, samples: int, elapsed: float):  # type: ignore[no-untyped-def]
+    import json
+    import os
+    from pathlib import Path
+
+    from autothink import report as R
+    from autothink.evaluation import RowSpec, evaluate
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the table is what matters here
+    model = str(Path(run.model.path).resolve())
+    rows_in = [json.loads(x) for x in (Path(model) / "data" / "eval.jsonl").read_text().splitlines() if x.strip()]
+    problems, seen = [], {}
+    for r in rows_in:
+        if seen.get(r["level"], 0) < per_level:
+            seen[r["level"]] = seen.get(r["level"], 0) + 1
+            problems.append(r)
+    stages = stack.run_dir / "stages"
+    specs = [RowSpec("standard prompt", model, "standard"), RowSpec("no-thinking prompt", model, "no_think"),
+             RowSpec("ellipsis prompt (untrained)", model, "ellipsis")]
+    specs += [RowSpec(f"AutoThink stage {i + 1}", str(stages / s.name), "ellipsis") for i, s in enumerate(run.stages)]
+    temperature, max_tokens = 0.6, max(s.max_response_tokens for s in run.stages)
+    scored = evaluate(specs, problems, samples, temperature, max_tokens, log=lambda m: typer.echo(m, err=True))
+    rows = R.table(scored, lambda s: R.toy_group(s.level))
+    before, after = rows[2], rows[-1]
+    report = {
+        "title": "AutoThink on the toy task",
+        "subtitle": (f"{len(problems)} problems ({per_level} per level 1-8) x {samples} samples, temperature {temperature}, "
+                     f"max {max_tokens} tokens; {len(stack.metrics)} GRPO steps; whole demo {elapsed:.0f} s before evaluation."),
+        "rows": rows,
+        "think_rate_by_level": {"before": R.think_by_level(before), "after": R.think_by_level(after)},
+        "targets": R.check_targets(rows, after["method"]),
+        "settings": {"problems": len(problems), "samples": samples, "temperature": temperature, "max_tokens": max_tokens,
+                     "steps": len(stack.metrics), "stages": [s.model_dump(mode="json") for s in run.stages]},
+    }
+    R.write(report, out, stack.metrics)
+    _print_table(rows, report)
+    return out
+
+
+def _print_table(rows: list, report: dict) -> None:
+    groups = list(rows[0]["groups"])
+    head = f"{'method':30s}" + "".join(f"{g:>22s}" for g in groups) + f"{'overall':>16s}{'think':>7s}{'E-F1':>7s}"
+    typer.echo("\n" + head)
+    typer.echo(f"{'':30s}" + "".join(f"{'acc':>11s}{'tokens':>11s}" for _ in groups) + f"{'acc':>8s}{'tokens':>8s}")
+    for r in rows:
+        cells = "".join(f"{r['groups'][g]['accuracy'] * 100:>11.1f}{r['groups'][g]['mean_tokens']:>11.1f}" for g in groups)
+        ef1 = "-" if r["e_f1"] is None else f"{r['e_f1']:.3f}"
+        typer.echo(f"{r['method']:30s}{cells}{r['accuracy'] * 100:>8.1f}{r['mean_tokens']:>8.1f}{r['think_rate']:>7.2f}{ef1:>7s}")
+    tr = report["think_rate_by_level"]
+    typer.echo("\nthink rate by level   " + " ".join(f"{'L' + lv:>5s}" for lv in tr["before"]))
+    typer.echo("  before (ellipsis)   " + " ".join(f"{v:5.2f}" for v in tr["before"].values()))
+    typer.echo("  after (stage 3)     " + " ".join(f"{v:5.2f}" for v in tr["after"].values()))
+    typer.echo("\ntargets for the final model:")
+    for name, t in report["targets"].items():
+        typer.echo(f"  [{'ok' if t['met'] else 'MISSED'}] {name}: {t['value']} (goal {t['goal']})")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="Local Hugging Face model folder.")],
+    data_dir: Annotated[str, typer.Option(help="Folder with the benchmark files (math.json, aime.json, amc.json, minerva.json, olympiad_bench.json).")],
+    benchmarks: Annotated[str, typer.Option(help="Comma-separated: math500,aime24,amc23,minerva,olympiadbench.")] = "math500,aime24,amc23,minerva,olympiadbench",
+    prompts: Annotated[str, typer.Option(help="Comma-separated prompting strategies: standard,no_think,ellipsis.")] = "standard,no_think,ellipsis",
+    samples: Annotated[int, typer.Option(help="Samples per problem.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.6,
+    max_tokens: Annotated[int, typer.Option(help="Most response tokens.")] = 16384,
+    max_model_len: Annotated[Optional[int], typer.Option(help="Engine context (default: max_tokens + 2048).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N problems of each benchmark.")] = None,
+    out: Annotated[str, typer.Option(help="Report folder.")] = "reports/eval",
+) -> None:
+    """The paper's evaluation of a model folder on math benchmarks under each prompt.
+
+    8 samples per problem at temperature 0.6 by default, graded by the sandboxed grader; writes
+    report.json and report.md."""
+    from pathlib import Path
+
+    from autothink import report as R
+    from autothink.evaluation import RowSpec, evaluate, load_benchmarks, safe_grade
+    from autothink.prompting import STRATEGIES
+
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    strategies = [p.strip() for p in prompts.split(",") if p.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        _fail(f"unknown prompt(s) {bad}; choose from {', '.join(STRATEGIES)}")
+    if not (Path(model) / "config.json").is_file():
+        _fail(f"{model} is not a Hugging Face model folder (no config.json)")
+    try:
+        problems = load_benchmarks(data_dir, names, limit)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    labels = {"standard": "standard prompt", "no_think": "no-thinking prompt", "ellipsis": "ellipsis prompt"}
+    specs = [RowSpec(labels[s], str(Path(model).resolve()), s) for s in strategies]  # type: ignore[arg-type]
+    typer.echo(f"{len(problems)} problems from {', '.join(names)} x {samples} samples x {len(specs)} prompts", err=True)
+    scored = evaluate(specs, problems, samples, temperature, max_tokens, safe_grade, max_model_len or max_tokens + 2048,
+                      log=lambda m: typer.echo(m, err=True))
+    rows = R.table(scored, lambda s: str(s.group))
+    report = {
+        "title": f"Evaluation of {model}",
+        "subtitle": f"{', '.join(names)}; {samples} samples per problem, temperature {temperature}, max {max_tokens} tokens"
+                    + (f"; first {limit} problems of each" if limit else ""),
+        "rows": rows,
+        "settings": {"model": model, "benchmarks": names, "prompts": strategies, "samples": samples, "temperature": temperature,
+                     "max_tokens": max_tokens, "limit": limit},
+    }
+    by = {r["method"]: r for r in rows}
+    if "ellipsis prompt" in by and any(by["ellipsis prompt"]["by_level"].values()):
+        report["think_rate_by_level"] = {"before": R.think_by_level(by["ellipsis prompt"]), "after": {}}
+    R.write(report, Path(out))
+    _print_table(rows, {**report, "think_rate_by_level": {"before": {}, "after": {}}, "targets": {}})
+    typer.echo(f"\nreport: {Path(out).resolve()}")
 
 
 @app.command(

@@ -37,12 +37,20 @@ class Scored:
     correct: bool
     format_ok: bool
     num_tokens: int
+    group: Any = None  # e.g. the benchmark a problem comes from
 
 
-def score(text: str, num_tokens: int, strategy: Strategy, answer: Any, level: Any, grade: Grade = exact_grade) -> Scored:
+def score(text: str, num_tokens: int, strategy: Strategy, answer: Any, level: Any, grade: Grade = exact_grade, group: Any = None) -> Scored:
     p = parse_response(text, strategy)
     correct = p.format_ok and grade(p.boxed, answer)
-    return Scored(level, strategy, p.mode, correct, p.format_ok, num_tokens)
+    return Scored(level, strategy, p.mode, correct, p.format_ok, num_tokens, group)
+
+
+def safe_grade(boxed: str | None, answer: Any) -> bool:
+    """The sandboxed grader (autothink.grading) for real benchmark answers."""
+    from autothink.grading import grade
+
+    return boxed is not None and grade("\\boxed{" + boxed + "}", answer).correct
 
 
 def summarize(rows: Sequence[Scored]) -> dict[str, float]:
@@ -74,7 +82,9 @@ class VLLMSampler:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
-        kwargs: dict[str, Any] = {"enforce_eager": on_cpu, "dtype": "auto"}
+        kwargs: dict[str, Any] = {
+            "enforce_eager": on_cpu, "dtype": "auto", "worker_extension_cls": "services.rollout.extension.WeightSyncExtension",
+        }
         kwargs.update(self.engine_kwargs)
         self.llm = LLM(model=self.model_dir, seed=self.seed, max_model_len=self.max_model_len, **kwargs)
         return self
@@ -86,6 +96,15 @@ class VLLMSampler:
             if callable(shutdown):
                 shutdown()
             self.llm = None
+
+    def load_weights(self, model_dir: str | Path) -> None:
+        """Swap in the weights of another checkpoint of the same architecture (no engine restart)."""
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{model_dir} holds no .safetensors weights")
+        for f in files:
+            self.llm.collective_rpc("load_weights_from_file", args=(str(f),))
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: Sequence[str], temperature: float, max_tokens: int, n: int = 1) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -112,7 +131,7 @@ def sample_scored(
     scored: dict[str, list[Scored]] = {s: [] for s in strategies}
     for (strategy, p), completions in zip(jobs, outs):
         for c in completions:
-            scored[strategy].append(score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade))
+            scored[strategy].append(score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade, p.get("group")))
     return scored
 
 
@@ -148,3 +167,68 @@ def level_table(
             }
         )
     return table
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of an evaluation table: a method name, the model folder and the prompt."""
+
+    method: str
+    model: str
+    strategy: Strategy
+
+
+def evaluate(
+    specs: Sequence[RowSpec],
+    problems: Sequence[dict[str, Any]],
+    samples: int,
+    temperature: float,
+    max_tokens: int,
+    grade: Grade = exact_grade,
+    max_model_len: int = 1024,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, list[Scored]]:
+    """Sample every row's model under its prompt on every problem, ``samples`` times.
+
+    One engine serves all rows: rows of the same model share one batched call, and each further
+    model's weights are swapped into the running engine (checkpoints of one run share an
+    architecture), which saves an engine start per checkpoint."""
+    results: dict[str, list[Scored]] = {}
+    order: list[str] = []
+    for spec in specs:
+        if spec.model not in order:
+            order.append(spec.model)
+    with VLLMSampler(order[0], max_model_len=max_model_len) as sampler:
+        for i, model in enumerate(order):
+            if i:
+                sampler.load_weights(model)
+            rows = [s for s in specs if s.model == model]
+            log(f"evaluating {', '.join(r.method for r in rows)} ({len(problems)} problems x {samples} samples)")
+            sampled = sample_scored(sampler, problems, tuple(dict.fromkeys(r.strategy for r in rows)), temperature, max_tokens, samples, grade)
+            for r in rows:
+                results[r.method] = sampled[r.strategy]
+    return {s.method: results[s.method] for s in specs}
+
+
+#: benchmark names of ``autothink eval`` and their files (as in ../shared/data/benchmarks)
+BENCHMARK_FILES = {"math500": "math.json", "aime24": "aime.json", "amc23": "amc.json", "minerva": "minerva.json", "olympiadbench": "olympiad_bench.json"}
+
+
+def load_benchmarks(data_dir: str | Path, names: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
+    """Problems of the named benchmarks (each row tagged with its benchmark as ``group``)."""
+    import json
+
+    out: list[dict[str, Any]] = []
+    for name in names:
+        if name not in BENCHMARK_FILES:
+            raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARK_FILES)}")
+        path = Path(data_dir) / BENCHMARK_FILES[name]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (--data-dir should hold {', '.join(BENCHMARK_FILES.values())})")
+        rows = json.loads(path.read_text())
+        for r in rows[:limit]:
+            if "problem" not in r or "answer" not in r:
+                raise ValueError(f"{path}: a row lacks 'problem' or 'answer'")
+            level = r.get("level", r.get("difficulty"))
+            out.append({"problem": str(r["problem"]), "answer": r["answer"], "level": level, "group": name})
+    return out

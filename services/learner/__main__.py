@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,13 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     registry = CollectorRegistry()
     learner = Learner(run, svc, registry)
     server = None
+    finished = threading.Event()
     if learner.rank == 0:
         server = serve_in_thread(
-            ops_app("AutoThink learner", lambda: (True, {"step": learner.state["step"], "policy_version": learner.state["policy_version"]}), registry),
+            ops_app("AutoThink learner", lambda: (True, {
+                "step": learner.state["step"], "steps": len(learner.steps), "policy_version": learner.state["policy_version"],
+                "finished": finished.is_set()}), registry),
             svc.host, svc.metrics_port,
         )
     try:
         learner.run(svc.max_steps)
+        finished.set()
+        if svc.serve_after_finish and learner.rank == 0:
+            logging.getLogger("autothink.learner").info(
+                "schedule finished at step %d; serving policy version %d until stopped", learner.state["step"], learner.state["policy_version"])
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            stop.wait()
     finally:
         learner.close()
         if server is not None:

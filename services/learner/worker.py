@@ -158,6 +158,8 @@ class Learner:
             every = self.svc.checkpoint_every
             if (every and (k + 1) % every == 0) or k + 1 == len(self.steps):
                 self.checkpoint()  # before publishing: a version consumers saw is never lost to a crash
+            if self.svc.save_stage_models and (k + 1 == len(self.steps) or self.steps[k + 1].stage_index != step.stage_index):
+                self.trainer.save_hf(self.out / "stages" / step.stage.name, tokenizer_from=Path(self.run_cfg.model.path))
             state = self.trainer.state_dict()
             if self.rank == 0:
                 self._publish(version, state)

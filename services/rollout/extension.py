@@ -17,6 +17,9 @@ class WeightSyncExtension:
 
         weights = load_file(path)
         runner = self.model_runner  # type: ignore[attr-defined]
+        dtype = getattr(getattr(runner, "model_config", None), "dtype", None)
+        if dtype is not None:  # the learner's fp32 weights into a bf16 engine: cast here, not per parameter
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
         if hasattr(runner, "reload_weights"):
             # model.load_weights, then the same post-processing as at start-up: the CPU backend
             # repacks linear weights into kernel layouts, so a bare load_weights would meet

@@ -1,0 +1,112 @@
+"""End to end: `autothink up` on a short toy schedule — redis, reward, rollout, learner, gateway as
+real processes — then POST /generate against the trained model, then Ctrl-C with no process left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
+    stage = {"steps": 2, "prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 96, "temperature": 0.6}
+    exp = {
+        "name": "up-e2e", "model": {"path": str(toy_model[0])}, "data": {"source": "toy"},
+        "stages": [{"name": "stage1", "batch_balance_rate": 0.5, **stage}, {"name": "stage2", **stage},
+                   {"name": "stage3", "alpha": 0.05, "beta": 0.05, **stage}],
+        "optim": {"lr": 5e-5, "mini_batch_prompts": 4, "micro_batch_samples": 16},
+        "deepspeed": {"zero_stage": 0, "dtype": "float32"},
+        "output_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    port = free_port()
+    log = open(tmp_path / "up.log", "wb")
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    proc = subprocess.Popen([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(port), "--run-id", "e2e"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    seen: set[int] = set()
+    try:
+        deadline = time.time() + 900
+        while "Ctrl-C to stop" not in (tmp_path / "up.log").read_text(errors="replace"):
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-5000:]
+            assert time.time() < deadline, "not trained in time"
+            seen |= _descendants(proc.pid)
+            time.sleep(1)
+        out = (tmp_path / "up.log").read_text()
+        for name in ("redis", "reward", "rollout", "learner", "gateway"):
+            assert f"[{name}]" in out, f"no prefixed log lines from {name}"
+            assert (tmp_path / "run" / "logs" / f"{name}.log").stat().st_size > 0
+        assert "trained: 6 steps, policy version 6" in out and "curl -s" in out
+        rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["stage"] for r in rows] == ["stage1"] * 2 + ["stage2"] * 2 + ["stage3"] * 2
+        for name in ("stage1", "stage2", "stage3"):
+            assert (tmp_path / "run" / "stages" / name / "config.json").is_file()
+
+        seen |= _descendants(proc.pid)
+        r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"prompt": "What is the value of $3+4$?", "max_tokens": 96}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["policy_version"] == 6 and 0 <= body["think_probability"] <= 1 and body["usage"]["completion_tokens"] > 0
+
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    time.sleep(0.5)
+    left = [p for p in seen if _alive(p)]
+    assert not left, f"processes left behind: {left}"
+    assert "stopping the gateway" in (tmp_path / "up.log").read_text()
+
+
+def test_up_names_the_service_that_dies(toy_model, tmp_path):
+    exp = {"name": "bad", "model": {"path": str(toy_model[0])}, "data": {"source": str(tmp_path / "missing.jsonl")},
+           "stages": [{"name": "stage1", "steps": 1, "prompts_per_batch": 2, "samples_per_prompt": 2, "max_response_tokens": 16}],
+           "output_dir": str(tmp_path / "run")}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    r = subprocess.run([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(free_port()), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "the learner service exited" in r.stderr and "missing.jsonl" in r.stderr
