@@ -325,7 +325,9 @@ def _print_table(rows: list, report: dict) -> None:
         cells = "".join(f"{r['groups'][g]['accuracy'] * 100:>11.1f}{r['groups'][g]['mean_tokens']:>11.1f}" for g in groups)
         ef1 = "-" if r["e_f1"] is None else f"{r['e_f1']:.3f}"
         typer.echo(f"{r['method']:30s}{cells}{r['accuracy'] * 100:>8.1f}{r['mean_tokens']:>8.1f}{r['think_rate']:>7.2f}{ef1:>7s}")
-    tr = report["think_rate_by_level"]
+    tr = report.get("think_rate_by_level") or {}
+    if not tr.get("before") or not tr.get("after"):
+        return
     typer.echo("\nthink rate by level   " + " ".join(f"{'L' + lv:>5s}" for lv in tr["before"]))
     typer.echo("  before (ellipsis)   " + " ".join(f"{v:5.2f}" for v in tr["before"].values()))
     typer.echo("  after (stage 3)     " + " ".join(f"{v:5.2f}" for v in tr["after"].values()))
@@ -371,8 +373,14 @@ def eval_(
     labels = {"standard": "standard prompt", "no_think": "no-thinking prompt", "ellipsis": "ellipsis prompt"}
     specs = [RowSpec(labels[s], str(Path(model).resolve()), s) for s in strategies]  # type: ignore[arg-type]
     typer.echo(f"{len(problems)} problems from {', '.join(names)} x {samples} samples x {len(specs)} prompts", err=True)
-    scored = evaluate(specs, problems, samples, temperature, max_tokens, safe_grade, max_model_len or max_tokens + 2048,
-                      log=lambda m: typer.echo(m, err=True))
+    if max_model_len is None:
+        import json
+
+        positions = json.loads((Path(model) / "config.json").read_text()).get("max_position_embeddings", max_tokens + 2048)
+        max_model_len = min(max_tokens + 2048, int(positions))
+    if max_tokens >= max_model_len:
+        _fail(f"--max-tokens {max_tokens} leaves no room for a prompt in a context of {max_model_len}")
+    scored = evaluate(specs, problems, samples, temperature, max_tokens, safe_grade, max_model_len, log=lambda m: typer.echo(m, err=True))
     rows = R.table(scored, lambda s: str(s.group))
     report = {
         "title": f"Evaluation of {model}",
@@ -386,7 +394,7 @@ def eval_(
     if "ellipsis prompt" in by and any(by["ellipsis prompt"]["by_level"].values()):
         report["think_rate_by_level"] = {"before": R.think_by_level(by["ellipsis prompt"]), "after": {}}
     R.write(report, Path(out))
-    _print_table(rows, {**report, "think_rate_by_level": {"before": {}, "after": {}}, "targets": {}})
+    _print_table(rows, report)
     typer.echo(f"\nreport: {Path(out).resolve()}")
 
 

@@ -199,6 +199,14 @@ def evaluate(
         if spec.model not in order:
             order.append(spec.model)
     with VLLMSampler(order[0], max_model_len=max_model_len) as sampler:
+        tok = sampler.llm.get_tokenizer()
+        room = max_model_len - max_tokens
+        longest = {p["problem"]: max(len(tok.encode(build_prompt(p["problem"], s.strategy, tok), add_special_tokens=False)) for s in specs)
+                   for p in problems}
+        fits = [p for p in problems if longest[p["problem"]] <= room]
+        if len(fits) < len(problems):
+            log(f"skipping {len(problems) - len(fits)} problems whose prompt is longer than {room} tokens (max_model_len - max_tokens)")
+        problems = fits
         for i, model in enumerate(order):
             if i:
                 sampler.load_weights(model)

@@ -143,12 +143,12 @@ def plot_think_rate(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by = {r["method"]: r for r in report["rows"]}
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    for method, style in (("ellipsis prompt (untrained)", "o--"), ("AutoThink stage 1", "s-"), ("AutoThink stage 2", "^-"), ("AutoThink stage 3", "D-")):
-        if method in by and by[method]["by_level"]:
-            rate = think_by_level(by[method])
-            ax.plot([str(k) for k in rate], list(rate.values()), style, label=method)
+    styles = iter(["o--", "s-", "^-", "D-", "v-", "P-", "X-", "*-"] * 4)
+    for row in report["rows"]:  # the fixed prompts think always / never: only the adaptive rows tell
+        if row["by_level"] and row["method"] not in ("standard prompt", "no-thinking prompt"):
+            rate = think_by_level(row)
+            ax.plot([str(k) for k in rate], list(rate.values()), next(styles), label=row["method"])
     ax.set_xlabel("difficulty level")
     ax.set_ylabel("think rate")
     ax.set_ylim(-0.02, 1.02)
