@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install bench proto clean help
+.PHONY: demo test test-fast install bench proto deploy images clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,14 @@ bench: install  ## run the benchmarks (ratios against same-run baselines) and re
 
 proto: install  ## regenerate autothink/v1/*_pb2*.py from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh
+
+deploy:  ## render deploy/autothink.yaml from deploy/overlays/cpu-toy (what `kubectl apply -f deploy/` applies)
+	@(echo "# Rendered from deploy/overlays/cpu-toy by \`make deploy\` (kubectl kustomize); do not edit: a test fails when it drifts."; \
+	  kubectl kustomize deploy/overlays/cpu-toy) > deploy/autothink.yaml
+
+images:  ## build the CPU and CUDA images (needs a Docker engine)
+	docker build -f docker/Dockerfile -t autothink:cpu .
+	docker build -f docker/Dockerfile.cuda -t autothink:cuda .
 
 clean:  ## remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .cache runs reports
