@@ -19,7 +19,7 @@ class GatewayConfig(Strict):
     max_concurrency: int = Field(64, ge=1, description="Requests in flight before answering 429.")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413 above).")
     max_n: int = Field(16, ge=1, description="Most choices per request.")
-    max_model_len: int = Field(2048, ge=16, description="Context length given to the engine.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (default: what the model allows).")
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens of /generate when the request has none.")
     enforce_eager: bool = False
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)

@@ -73,7 +73,7 @@ class VLLMEngine:
         self.engine: Any = None
         self.tokenizer: Any = None
         self.close_id = -1
-        self.max_model_len = cfg.max_model_len
+        self.max_model_len = cfg.max_model_len or 0  # the engine's own value once it is up
         self.policy_version = cfg.policy_version
         self.error: str | None = None
         self.gate = VersionGate()
@@ -82,10 +82,11 @@ class VLLMEngine:
         self._follower: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tmp: Path | None = None
+        self._warm = False
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.error is None
+        return self._warm and self.error is None
 
     async def start(self) -> None:
         try:
@@ -95,6 +96,9 @@ class VLLMEngine:
             log.exception("engine failed to start")
             return
         self._loop = asyncio.get_running_loop()
+        # the engine's first prompt-logprobs request costs a few seconds once: pay it before /ready
+        await self.next_token_logprob(self.encode("warm-up"), self.close_id, "warm-up")
+        self._warm = True
         if self.cfg.follow_weights is not None:
             from autothink.weights import WeightClient, WeightFollower
 

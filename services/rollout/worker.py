@@ -76,6 +76,7 @@ class RolloutWorker:
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len  # the engine resolves a None setting
         if self.cfg.weights.address and self.cfg.follow_weights:
             from autothink.weights import WeightClient, WeightFollower
 
@@ -135,7 +136,7 @@ class RolloutWorker:
         params = [
             SamplingParams(
                 n=m.n, temperature=m.temperature, top_p=m.top_p,
-                max_tokens=max(1, min(m.max_tokens, self.cfg.max_model_len - 1)), logprobs=0,
+                max_tokens=max(1, min(m.max_tokens, self.max_model_len - 1)), logprobs=0,
             )
             for m in msgs
         ]

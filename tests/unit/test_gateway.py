@@ -37,7 +37,7 @@ class ScriptedModel:
         self.close_id = CLOSE
         self.reasoning, self.answer, self.closes_first = reasoning, answer, closes_first
         self.close_logprob = close_logprob
-        self.base: list[int] = []
+        self.bases: list[list[int]] = []  # every prompt the gateway encoded
         self.calls: list[Sampling] = []
         self.gate = VersionGate()
         self.policy_version = 3
@@ -48,7 +48,9 @@ class ScriptedModel:
         self.hold: asyncio.Event | None = None  # when set, stream() waits on it (to fill the gateway)
 
     def encode(self, text: str) -> list[int]:
-        return self._ids(text)
+        ids = self._ids(text)
+        self.bases.append(ids)
+        return ids
 
     def _ids(self, text: str) -> list[int]:
         ids: list[int] = []
@@ -82,8 +84,8 @@ class ScriptedModel:
         self.calls.append(sampling)
         if self.hold is not None:
             await self.hold.wait()
-        assert prompt_ids[: len(self.base)] == self.base
-        generated = prompt_ids[len(self.base) :]
+        base = max((b for b in self.bases if prompt_ids[: len(b)] == b), key=len)
+        generated = prompt_ids[len(base) :]
         plan = self._intended(generated, CLOSE in sampling.ban_token_ids)
         for k, tok in enumerate(plan[: sampling.max_tokens]):
             last = k == sampling.max_tokens - 1
@@ -114,7 +116,7 @@ class _R1Template:
 
 
 async def _run(model: ScriptedModel, plan: Plan) -> tuple[list[ChoiceDelta], ChoiceResult]:
-    model.base = plan.prompt_ids
+    model.bases.append(plan.prompt_ids)
     deltas, result = [], None
     async for ev in generate_choice(model, plan, 0, "t"):
         if isinstance(ev, ChoiceResult):
@@ -272,14 +274,6 @@ def gateway():
     def make(model: ScriptedModel | None = None, **cfg):
         model = model or ScriptedModel()
         app = create_app(GatewayConfig(**cfg), model)
-        real_encode = model.encode
-
-        def encode(text: str) -> list[int]:  # the request's prompt is the scripted model's base
-            ids = real_encode(text)
-            model.base = ids
-            return ids
-
-        model.encode = encode  # type: ignore[method-assign]
         return model, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
 
     return make
