@@ -169,6 +169,7 @@ class Learner:
                 "step": k, "stage": step.stage.name, "policy_version": version, **stats, **batch_stats(batch),
                 "time_wait_s": round(t1 - t0, 3), "time_train_s": round(t2 - t1, 3), "time_publish_s": round(t3 - t2, 3),
                 "duplicates_dropped": self.dedupe.duplicates if self.rank == 0 else 0,
+                "group_ids": [g.group_id for g in groups],  # what this update trained on (fault tests count them)
             }
             if self.rank == 0:
                 with (self.out / "metrics.jsonl").open("a") as f:
@@ -201,6 +202,13 @@ class Learner:
             return
         self.trainer.engine.load_checkpoint(str(ckpt / "deepspeed"))  # the tag its "latest" file names
         self.state = json.loads((ckpt / "state.json").read_text())
+        log_file = self.out / "metrics.jsonl"
+        if self.rank == 0 and log_file.exists():  # steps after the checkpoint were lost with the weights: they are redone
+            rows = [line for line in log_file.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line)["step"] < self.state["step"]]
+            log_file.write_text("".join(line + "\n" for line in kept))
+            if len(kept) < len(rows):
+                log.info("dropped %d log rows of steps after the checkpoint", len(rows) - len(kept))
         log.info("resumed at step %d, policy version %d", self.state["step"], self.state["policy_version"])
 
     def _resume_publish(self) -> None:
