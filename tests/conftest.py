@@ -25,15 +25,17 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server on a free port, in a temp dir, stopped by the fixture."""
 
-    def __init__(self, workdir: Path, appendonly: bool = False):
+    def __init__(self, workdir: Path, appendonly: bool = False, password: str = ""):
         self.port = free_port()
         self.workdir = workdir
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -41,13 +43,15 @@ class RedisServer:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir),
                 "--appendonly", "yes" if self.appendonly else "no", "--logfile", str(self.workdir / "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
         deadline = time.time() + 15
         while time.time() < deadline:
             try:
-                if redis.Redis(port=self.port).ping():
+                if redis.Redis(port=self.port, password=self.password or None).ping():
                     return
             except redis.ConnectionError:
                 time.sleep(0.05)

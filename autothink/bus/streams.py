@@ -56,6 +56,10 @@ class Entry:
     fields: dict[Any, Any]
 
 
+class BusAuthError(RuntimeError):
+    """Redis refused the credentials in the URL."""
+
+
 class RedisBus:
     """The operations every service needs, on one Redis connection pool."""
 
@@ -80,6 +84,8 @@ class RedisBus:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
+            except redis.AuthenticationError as e:  # a wrong or missing password: waiting will not fix it
+                raise BusAuthError(f"redis refused the credentials ({e}); check the password in the Redis URL") from None
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 if attempt == self.retries:
                     raise

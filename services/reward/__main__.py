@@ -27,9 +27,19 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = CollectorRegistry()
     worker = RewardWorker(cfg, registry)
-    thread = threading.Thread(target=worker.run, name="reward-worker", daemon=True)
-    thread.start()
     server = uvicorn.Server(uvicorn.Config(create_app(worker, registry), host=cfg.host, port=cfg.port, log_level="warning"))
+    failed = threading.Event()
+
+    def work() -> None:
+        try:
+            worker.run()
+        except BaseException:
+            logging.getLogger("autothink.reward").exception("the reward worker stopped")
+            failed.set()
+            server.should_exit = True  # the process exits non-zero instead of serving /health without a worker
+
+    thread = threading.Thread(target=work, name="reward-worker", daemon=True)
+    thread.start()
 
     def stop(*_: object) -> None:
         worker.stop.set()
@@ -41,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:
         worker.close()
-    return 0
+    return 1 if failed.is_set() else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from autothink.bus.messages import RolloutGroup, ScoredGroup
-from autothink.bus.streams import RedisBus
+from autothink.bus.streams import BusAuthError, RedisBus
 from autothink.grading.pool import GraderPool
 from autothink.scoring import score_group
 from services.reward.config import RewardServiceConfig
@@ -89,6 +89,8 @@ class RewardWorker:
             try:
                 self.step()
                 self.metrics.lag.set(self.bus.pending(self.bus.names.rollouts, GROUP))
+            except BusAuthError:
+                raise  # a wrong password is not a passing failure
             except Exception:  # keep serving; the entry stays pending and is retried
                 log.exception("reward step failed; retrying")
                 time.sleep(1.0)

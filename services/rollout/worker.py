@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from autothink.bus.messages import PromptMsg, RolloutGroup, Sample
-from autothink.bus.streams import RedisBus
+from autothink.bus.streams import BusAuthError, RedisBus
 from autothink.prompting import build_prompt
 from services.rollout.config import RolloutServiceConfig
 
@@ -194,6 +194,8 @@ class RolloutWorker:
             try:
                 self.step()
                 self.metrics.lag.set(self.queue_lag())
+            except BusAuthError:
+                raise  # a wrong password is not a passing failure
             except Exception:
                 log.exception("rollout step failed; the entries stay pending and will be retried")
                 time.sleep(1.0)
