@@ -6,7 +6,6 @@ Shared by the toy build's summary and ``autothink eval``.  Sampling goes through
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,18 +74,11 @@ class VLLMSampler:
         self.llm: Any = None
 
     def __enter__(self) -> VLLMSampler:
-        import torch
-
-        on_cpu = not torch.cuda.is_available()
-        if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
-        kwargs: dict[str, Any] = {
-            "enforce_eager": on_cpu, "dtype": "auto", "worker_extension_cls": "services.rollout.extension.WeightSyncExtension",
-        }
-        kwargs.update(self.engine_kwargs)
-        self.llm = LLM(model=self.model_dir, seed=self.seed, max_model_len=self.max_model_len, **kwargs)
+        from autothink.engine import engine_kwargs
+
+        self.llm = LLM(**engine_kwargs(self.model_dir, self.max_model_len, seed=self.seed, dtype="auto", **self.engine_kwargs))
         return self
 
     def __exit__(self, *exc: Any) -> None:

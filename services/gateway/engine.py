@@ -109,27 +109,15 @@ class VLLMEngine:
         log.info("engine ready: %s (policy version %d)", self.cfg.model, self.policy_version)
 
     def _start_engine(self) -> None:
-        import torch
-
-        on_cpu = not torch.cuda.is_available()
-        if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        kwargs: dict[str, Any] = {}
-        if not on_cpu:
-            kwargs["gpu_memory_utilization"] = self.cfg.gpu_memory_utilization
-        args = AsyncEngineArgs(
-            model=self.cfg.model,
-            served_model_name=[self.cfg.served_model_name],
-            max_model_len=self.cfg.max_model_len,
-            enforce_eager=self.cfg.enforce_eager or on_cpu,
-            seed=0,
-            disable_log_stats=True,
-            worker_extension_cls="services.rollout.extension.WeightSyncExtension",
-            **kwargs,
-        )
+        from autothink.engine import engine_kwargs
+
+        args = AsyncEngineArgs(**engine_kwargs(
+            self.cfg.model, self.cfg.max_model_len, self.cfg.enforce_eager, self.cfg.gpu_memory_utilization,
+            served_model_name=[self.cfg.served_model_name], disable_log_stats=True,
+        ))
         engine = AsyncLLM.from_engine_args(args)
         tok = engine.get_tokenizer()
         close_id = tok.convert_tokens_to_ids("</think>")

@@ -57,24 +57,11 @@ class RolloutWorker:
 
     # -- engine and weights
     def start_engine(self) -> None:
-        import torch
-
-        on_cpu = not torch.cuda.is_available()
-        if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
-        kwargs: dict[str, Any] = {}
-        if not on_cpu:
-            kwargs["gpu_memory_utilization"] = self.cfg.gpu_memory_utilization
-        self.llm = LLM(
-            model=self.cfg.model,
-            max_model_len=self.cfg.max_model_len,
-            enforce_eager=self.cfg.enforce_eager or on_cpu,
-            seed=0,
-            worker_extension_cls="services.rollout.extension.WeightSyncExtension",
-            **kwargs,
-        )
+        from autothink.engine import engine_kwargs
+
+        self.llm = LLM(**engine_kwargs(self.cfg.model, self.cfg.max_model_len, self.cfg.enforce_eager, self.cfg.gpu_memory_utilization))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len  # the engine resolves a None setting
         if self.cfg.weights.address and self.cfg.follow_weights:
