@@ -451,9 +451,11 @@ class WeightFollower:
         return self
 
     def _run(self) -> None:
+        wait = 1.0
         while not self._stop.is_set():
             try:
                 for info in self.client.watch(after_version=self.version):
+                    wait = 1.0
                     if self._stop.is_set():
                         return
                     if info.policy_version <= self.version:
@@ -469,8 +471,11 @@ class WeightFollower:
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
-                log.warning("weight service unavailable (%s); retrying", e.code() if hasattr(e, "code") else e)
-                self._stop.wait(1.0)
+                # a learner that finished or restarts: say so once, then back off quietly up to 30 s
+                (log.warning if wait == 1.0 else log.debug)(
+                    "weight service unavailable (%s); retrying (keeping policy version %d)", e.code() if hasattr(e, "code") else e, self.version)
+                self._stop.wait(wait)
+                wait = min(wait * 2, 30.0)
 
     def stop(self) -> None:
         self._stop.set()
