@@ -471,11 +471,11 @@ class WeightFollower:
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
-                # a learner that finished or restarts: say so once, then back off quietly up to 30 s
+                # a learner that finished or restarts: say so once, then back off quietly up to 5 s
                 (log.warning if wait == 1.0 else log.debug)(
                     "weight service unavailable (%s); retrying (keeping policy version %d)", e.code() if hasattr(e, "code") else e, self.version)
                 self._stop.wait(wait)
-                wait = min(wait * 2, 30.0)
+                wait = min(wait * 2, 5.0)
 
     def stop(self) -> None:
         self._stop.set()
