@@ -35,5 +35,8 @@ def load_problems(source: str, model_dir: str | Path, problem_key: str = "proble
     for i, r in enumerate(rows):
         if problem_key not in r or answer_key not in r:
             raise ValueError(f"{path}: row {i} lacks {problem_key!r} or {answer_key!r}")
-        out.append({"problem": str(r[problem_key]), "answer": r[answer_key], "level": r.get("level", r.get("difficulty"))})
+        level = r.get("level")
+        if level is None:  # a parquet table has every column in every row, possibly null
+            level = r.get("difficulty")
+        out.append({"problem": str(r[problem_key]), "answer": r[answer_key], "level": level})
     return out

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
+import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +25,7 @@ from typing import Any
 
 import grpc
 import torch
+import xxhash
 
 from autothink.v1 import weights_pb2 as pb
 from autothink.v1 import weights_pb2_grpc as pb_grpc
@@ -34,6 +38,7 @@ _DTYPES = {
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+_ALIGN = 64  # tensors start on 64-byte boundaries in a version's blob, so any dtype views it in place
 
 
 class WeightIntegrityError(RuntimeError):
@@ -58,20 +63,35 @@ class _Tensor:
     name: str
     dtype: str
     shape: list[int]
-    data: bytes
+    offset: int  # in the version's blob
+    nbytes: int
     sha256: str
+    xxh3: str
 
 
 @dataclass
 class _Version:
     number: int
     tensors: list[_Tensor]
+    blob: bytearray  # every tensor's bytes, aligned, in publication order
     digest: str
     published: float
 
     @property
     def total_bytes(self) -> int:
-        return sum(len(t.data) for t in self.tensors)
+        return sum(t.nbytes for t in self.tensors)
+
+    def data(self, t: _Tensor) -> memoryview:
+        return memoryview(self.blob)[t.offset : t.offset + t.nbytes]
+
+
+def view_tensor(blob: bytearray, offset: int, nbytes: int, dtype: str, shape: list[int]) -> torch.Tensor:
+    """A tensor over ``blob[offset:offset + nbytes]`` without a copy."""
+    if dtype not in _DTYPES:
+        raise WeightIntegrityError(f"unknown dtype {dtype!r}")
+    if nbytes == 0:
+        return torch.empty(shape, dtype=_DTYPES[dtype])
+    return torch.frombuffer(blob, dtype=torch.uint8, count=nbytes, offset=offset).view(_DTYPES[dtype]).reshape(shape)
 
 
 def manifest_digest(checksums: Mapping[str, str]) -> str:
@@ -92,21 +112,31 @@ class WeightStore:
         self.closed = False
 
     def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
-        tensors = []
+        flat = []
+        total = 0
         for name, t in state_dict.items():
             if t.dtype not in _NAMES:
                 raise ValueError(f"{name}: dtype {t.dtype} cannot be sent")
-            data = tensor_bytes(t)
-            tensors.append(_Tensor(name, _NAMES[t.dtype], list(t.shape), data, hashlib.sha256(data).hexdigest()))
+            src = t.detach().contiguous().cpu().view(-1).view(torch.uint8)
+            flat.append((name, t, src, total))
+            total += -(-src.numel() // _ALIGN) * _ALIGN
+        blob = bytearray(total)
+        tensors = []
+        for name, t, src, off in flat:
+            n = src.numel()
+            if n:
+                torch.frombuffer(blob, dtype=torch.uint8, count=n, offset=off).copy_(src)
+            view = memoryview(blob)[off : off + n]
+            tensors.append(_Tensor(name, _NAMES[t.dtype], list(t.shape), off, n, hashlib.sha256(view).hexdigest(), xxhash.xxh3_128_hexdigest(view)))
         digest = manifest_digest({t.name: t.sha256 for t in tensors})
         with self._cond:
             if self._versions and version <= next(reversed(self._versions)):
                 raise ValueError(f"version {version} is not newer than {next(reversed(self._versions))}")
-            self._versions[version] = _Version(version, tensors, digest, time.time())
+            self._versions[version] = _Version(version, tensors, blob, digest, time.time())
             while len(self._versions) > self.keep:
                 self._versions.popitem(last=False)
             self._cond.notify_all()
-        log.info("published policy version %d (%d tensors, %.1f MB)", version, len(tensors), sum(len(t.data) for t in tensors) / 1e6)
+        log.info("published policy version %d (%d tensors, %.1f MB)", version, len(tensors), sum(t.nbytes for t in tensors) / 1e6)
 
     def latest(self) -> _Version | None:
         with self._cond:
@@ -136,10 +166,85 @@ def _info(v: _Version) -> pb.VersionInfo:
     )
 
 
+class BulkServer:
+    """The bulk port: a plain TCP socket that sends a version's blob to whoever presents a ticket
+    issued by ``FetchManifest`` (one use, one minute).  gRPC keeps the manifest and checksums."""
+
+    TICKET_S = 60.0
+
+    def __init__(self, store: WeightStore, host: str, port: int):
+        self.store = store
+        self.sock = socket.create_server((host, port), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.sent = 0  # blobs sent (tests and logs)
+        self._tickets: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="weights-bulk", daemon=True).start()
+
+    def issue(self, version: int) -> str:
+        ticket = secrets.token_hex(16)
+        now = time.monotonic()
+        with self._lock:
+            self._tickets = {k: v for k, v in self._tickets.items() if v[1] > now}
+            self._tickets[ticket] = (version, now + self.TICKET_S)
+        return ticket
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
+
+    def _send(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                line = b""
+                while not line.endswith(b"\n") and len(line) < 64:
+                    piece = conn.recv(64 - len(line))
+                    if not piece:
+                        return
+                    line += piece
+                with self._lock:
+                    version, expires = self._tickets.pop(line.strip().decode(errors="replace"), (None, 0.0))
+                v = self.store.get(version) if version is not None and expires > time.monotonic() else None
+                if v is None:
+                    return  # unknown, used or expired ticket, or a version no longer kept: nothing is sent
+                conn.sendall(struct.pack(">Q", len(v.blob)))
+                conn.sendall(memoryview(v.blob))
+                self.sent += 1
+            except OSError as e:
+                log.warning("bulk transfer failed: %s", e)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in the other thread
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class _Servicer(pb_grpc.WeightServiceServicer):
-    def __init__(self, store: WeightStore, chunk_bytes: int):
+    def __init__(self, store: WeightStore, chunk_bytes: int, bulk: BulkServer | None = None):
         self.store = store
         self.chunk_bytes = chunk_bytes
+        self.bulk = bulk
+
+    def FetchManifest(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.Manifest:
+        v = self.store.get(request.policy_version)
+        if v is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"policy version {request.policy_version} is not available")
+        return pb.Manifest(
+            policy_version=v.number, total_bytes=len(v.blob), manifest_digest=v.digest,
+            tensors=[pb.TensorMeta(name=t.name, dtype=t.dtype, shape=t.shape, offset=t.offset, nbytes=t.nbytes,
+                                   sha256=t.sha256, xxh3_128=t.xxh3) for t in v.tensors],
+            bulk_port=self.bulk.port if self.bulk is not None else 0,
+            ticket=self.bulk.issue(v.number) if self.bulk is not None else "",
+        )
 
     def WatchVersions(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.VersionInfo]:
         after = request.after_version
@@ -157,13 +262,13 @@ class _Servicer(pb_grpc.WeightServiceServicer):
         for t in v.tensors:
             if wanted and t.name not in wanted:
                 continue
-            n = len(t.data)
+            n, data = t.nbytes, v.data(t)
             offsets = range(0, max(n, 1), self.chunk_bytes)
             for k, off in enumerate(offsets):
                 last = k == len(offsets) - 1
                 yield pb.TensorChunk(
                     policy_version=v.number, name=t.name, dtype=t.dtype, shape=t.shape, total_bytes=n, offset=off,
-                    data=t.data[off : off + self.chunk_bytes], sha256=t.sha256 if last else "", last_chunk=last,
+                    data=bytes(data[off : off + self.chunk_bytes]), sha256=t.sha256 if last else "", last_chunk=last,
                 )
 
 
@@ -183,17 +288,40 @@ class _TokenAuth(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
-def serve(store: WeightStore, bind: str, token: str = "", chunk_bytes: int = 4 << 20, max_workers: int = 16) -> grpc.Server:
-    """Start the weight service on ``bind`` (host:port; port 0 picks one: see ``server.port``)."""
+def serve(store: WeightStore, bind: str, token: str = "", chunk_bytes: int = 4 << 20, max_workers: int = 16, bulk: bool = True) -> grpc.Server:
+    """Start the weight service on ``bind`` (host:port; port 0 picks one: see ``server.port``).
+
+    With ``bulk``, the bulk port listens on the gRPC port + 1 (any free port when the gRPC port
+    was 0); if it cannot bind, clients fall back to the chunk stream."""
     interceptors = [_TokenAuth(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors, options=_UNLIMITED)
-    pb_grpc.add_WeightServiceServicer_to_server(_Servicer(store, chunk_bytes), server)
+    host, _, want = bind.rpartition(":")
+    bulk_server = None
+    servicer = _Servicer(store, chunk_bytes)
+    pb_grpc.add_WeightServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(bind)
     if port == 0:
         raise RuntimeError(f"cannot bind the weight service to {bind}")
+    if bulk:
+        bulk_host = host.strip("[]")
+        bulk_host = "0.0.0.0" if bulk_host in ("", "::", "*") else bulk_host
+        try:
+            bulk_server = BulkServer(store, bulk_host, 0 if want == "0" else port + 1)
+        except OSError as e:
+            log.warning("no bulk port (%s); consumers fetch weights over the gRPC stream", e)
+    servicer.bulk = bulk_server
     server.start()
     server.port = port  # type: ignore[attr-defined]
-    log.info("weight service listening on %s", bind.rsplit(":", 1)[0] + f":{port}")
+    server.bulk = bulk_server  # type: ignore[attr-defined]
+    if bulk_server is not None:
+        stop = server.stop
+
+        def stop_both(grace: float | None) -> Any:
+            bulk_server.close()
+            return stop(grace)
+
+        server.stop = stop_both  # type: ignore[method-assign]
+    log.info("weight service listening on %s (bulk port %s)", host + f":{port}", bulk_server.port if bulk_server else "off")
     return server
 
 
@@ -203,13 +331,64 @@ class WeightClient:
         self.stub = pb_grpc.WeightServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s = timeout_s
+        self.host = address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        self.last_path = ""  # "bulk" or "stream": how the last fetch travelled
 
     def watch(self, after_version: int = 0, timeout_s: float | None = None) -> Iterator[pb.VersionInfo]:
         """Announcements of versions newer than ``after_version``, as they are published."""
         return self.stub.WatchVersions(pb.WatchRequest(after_version=after_version), metadata=self.metadata, timeout=timeout_s)
 
     def fetch(self, info: pb.VersionInfo) -> dict[str, torch.Tensor]:
-        """All tensors of a version, verified against their checksums and the version's manifest."""
+        """All tensors of a version, verified against their checksums and the version's manifest:
+        over the bulk port when the service has one, else (or if it cannot be reached) over the
+        gRPC chunk stream."""
+        try:
+            manifest = self.stub.FetchManifest(pb.FetchRequest(policy_version=info.policy_version), metadata=self.metadata, timeout=60)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:  # an older service has no bulk path
+                raise
+            manifest = None
+        if manifest is not None and manifest.bulk_port:
+            try:
+                out = self._fetch_bulk(info, manifest)
+                self.last_path = "bulk"
+                return out
+            except (OSError, EOFError) as e:
+                log.warning("bulk port %s:%d unusable (%s); fetching over the gRPC stream", self.host, manifest.bulk_port, e)
+        out = self._fetch_stream(info)
+        self.last_path = "stream"
+        return out
+
+    def _fetch_bulk(self, info: pb.VersionInfo, m: pb.Manifest) -> dict[str, torch.Tensor]:
+        if m.policy_version != info.policy_version or m.manifest_digest != info.manifest_digest:
+            raise WeightIntegrityError("the manifest is not the announced version's")
+        if len(m.tensors) != info.num_tensors or manifest_digest({t.name: t.sha256 for t in m.tensors}) != info.manifest_digest:
+            raise WeightIntegrityError("manifest digest mismatch")
+        for t in m.tensors:
+            if t.offset < 0 or t.nbytes < 0 or t.offset + t.nbytes > m.total_bytes:
+                raise WeightIntegrityError(f"{t.name}: outside the blob")
+        with socket.create_connection((self.host, m.bulk_port), timeout=30) as conn:
+            conn.sendall(m.ticket.encode() + b"\n")
+            header = _recv_exact(conn, 8)
+            (n,) = struct.unpack(">Q", header)
+            if n != m.total_bytes:
+                raise WeightIntegrityError(f"bulk port announced {n} bytes, the manifest {m.total_bytes}")
+            blob = bytearray(n)
+            view = memoryview(blob)
+            got = 0
+            while got < n:
+                k = conn.recv_into(view[got:], min(n - got, 64 << 20))
+                if k == 0:
+                    raise WeightIntegrityError(f"bulk transfer ended after {got} of {n} bytes")
+                got += k
+        out = {}
+        for t in m.tensors:
+            if xxhash.xxh3_128_hexdigest(view[t.offset : t.offset + t.nbytes]) != t.xxh3_128:
+                raise WeightIntegrityError(f"{t.name}: checksum mismatch")
+            out[t.name] = view_tensor(blob, t.offset, t.nbytes, t.dtype, list(t.shape))
+        return out
+
+    def _fetch_stream(self, info: pb.VersionInfo) -> dict[str, torch.Tensor]:
         bufs: dict[str, bytearray] = {}
         meta: dict[str, tuple[str, list[int], int]] = {}
         checksums: dict[str, str] = {}
@@ -242,6 +421,16 @@ class WeightClient:
         self.channel.close()
 
 
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        piece = conn.recv(n - len(data))
+        if not piece:
+            raise EOFError("the bulk port closed the connection (ticket refused?)")
+        data += piece
+    return data
+
+
 class WeightFollower:
     """Watches a weight service and hands each newer, verified version to ``apply``, in order.
 
@@ -262,9 +451,11 @@ class WeightFollower:
         return self
 
     def _run(self) -> None:
+        wait = 1.0
         while not self._stop.is_set():
             try:
                 for info in self.client.watch(after_version=self.version):
+                    wait = 1.0
                     if self._stop.is_set():
                         return
                     if info.policy_version <= self.version:
@@ -280,8 +471,11 @@ class WeightFollower:
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
-                log.warning("weight service unavailable (%s); retrying", e.code() if hasattr(e, "code") else e)
-                self._stop.wait(1.0)
+                # a learner that finished or restarts: say so once, then back off quietly up to 5 s
+                (log.warning if wait == 1.0 else log.debug)(
+                    "weight service unavailable (%s); retrying (keeping policy version %d)", e.code() if hasattr(e, "code") else e, self.version)
+                self._stop.wait(wait)
+                wait = min(wait * 2, 5.0)
 
     def stop(self) -> None:
         self._stop.set()

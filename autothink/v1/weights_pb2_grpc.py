@@ -44,6 +44,11 @@ class WeightServiceStub:
                 request_serializer=autothink_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
                 response_deserializer=autothink_dot_v1_dot_weights__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.FetchManifest = channel.unary_unary(
+                '/autothink.v1.WeightService/FetchManifest',
+                request_serializer=autothink_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
+                response_deserializer=autothink_dot_v1_dot_weights__pb2.Manifest.FromString,
+                _registered_method=True)
 
 
 class WeightServiceServicer:
@@ -63,6 +68,13 @@ class WeightServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchManifest(self, request, context):
+        """The manifest of one version and a ticket for the bulk port.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WeightServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_WeightServiceServicer_to_server(servicer, server):
                     servicer.FetchVersion,
                     request_deserializer=autothink_dot_v1_dot_weights__pb2.FetchRequest.FromString,
                     response_serializer=autothink_dot_v1_dot_weights__pb2.TensorChunk.SerializeToString,
+            ),
+            'FetchManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchManifest,
+                    request_deserializer=autothink_dot_v1_dot_weights__pb2.FetchRequest.FromString,
+                    response_serializer=autothink_dot_v1_dot_weights__pb2.Manifest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class WeightService:
             '/autothink.v1.WeightService/FetchVersion',
             autothink_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
             autothink_dot_v1_dot_weights__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/autothink.v1.WeightService/FetchManifest',
+            autothink_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
+            autothink_dot_v1_dot_weights__pb2.Manifest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,14 @@ def service():
     server.stop(0)
 
 
+@pytest.fixture
+def service_server():
+    store = W.WeightStore()
+    server = W.serve(store, "127.0.0.1:0", token="s3cret", chunk_bytes=1024)
+    yield store, server, f"127.0.0.1:{server.port}"
+    server.stop(0)
+
+
 def test_fetch_round_trip_in_chunks(service):
     store, addr = service
     store.publish(1, _state(1))
@@ -42,8 +50,11 @@ def test_fetch_round_trip_in_chunks(service):
     info = next(client.watch(after_version=0, timeout_s=10))
     assert info.policy_version == 1 and info.num_tensors == 4
     got = client.fetch(info)
+    assert client.last_path == "bulk"
     for name, t in _state(1).items():
         assert got[name].dtype == t.dtype and torch.equal(got[name], t), name
+    streamed = client._fetch_stream(info)  # the gRPC chunk path gives the same tensors
+    assert all(torch.equal(streamed[k], got[k]) for k in got)
     chunks = list(client.stub.FetchVersion(pb.FetchRequest(policy_version=1), metadata=client.metadata))
     assert len(chunks) > 75 and max(len(c.data) for c in chunks) <= 1024
     client.close()
@@ -71,6 +82,54 @@ def test_versions_only_move_forward_and_old_ones_expire(service):
     with pytest.raises(grpc.RpcError) as e:
         client.fetch(pb.VersionInfo(policy_version=3, num_tensors=4))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    client.close()
+
+
+def test_bulk_path_aligns_any_dtype_and_verifies(service_server):
+    store, server, addr = service_server
+    state = {"a": torch.tensor([1, 2, 3], dtype=torch.int8), "b": torch.randn(5, 3), "c": torch.tensor(True),
+             "d": torch.randn(7, dtype=torch.float64).to(torch.bfloat16), "e": torch.zeros(0)}
+    store.publish(1, state)
+    client = W.WeightClient(addr, token="s3cret")
+    info = next(client.watch(timeout_s=10))
+    got = client.fetch(info)
+    assert client.last_path == "bulk"
+    deadline = time.time() + 5
+    while server.bulk.sent < 1 and time.time() < deadline:  # counted after sendall returns, in the server's thread
+        time.sleep(0.01)
+    assert server.bulk.sent == 1
+    for k, t in state.items():
+        assert got[k].dtype == t.dtype and got[k].shape == t.shape and torch.equal(got[k], t), k
+    # a byte flipped in the bytes the bulk port sends: the version is refused, not applied
+    v = store.get(1)
+    v.blob[v.tensors[1].offset + 5] ^= 0xFF
+    with pytest.raises(W.WeightIntegrityError, match="b: checksum mismatch"):
+        client.fetch(info)
+    client.close()
+
+
+def test_bulk_tickets_are_single_use(service_server):
+    import socket
+
+    store, server, addr = service_server
+    store.publish(1, _state(1))
+    client = W.WeightClient(addr, token="s3cret")
+    m = client.stub.FetchManifest(pb.FetchRequest(policy_version=1), metadata=client.metadata)
+    for expect_data in (True, False):
+        with socket.create_connection(("127.0.0.1", m.bulk_port), timeout=10) as conn:
+            conn.sendall(m.ticket.encode() + b"\n")
+            first = conn.recv(8)
+            assert bool(first) == expect_data
+    client.close()
+
+
+def test_without_the_bulk_port_the_stream_is_used(service_server):
+    store, server, addr = service_server
+    store.publish(1, _state(1))
+    server.bulk.close()
+    client = W.WeightClient(addr, token="s3cret")
+    got = client.fetch(next(client.watch(timeout_s=10)))
+    assert client.last_path == "stream" and torch.equal(got["step"], _state(1)["step"])
     client.close()
 
 
