@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -333,6 +334,8 @@ class WeightClient:
         self.timeout_s = timeout_s
         self.host = address.rpartition(":")[0].strip("[]") or "127.0.0.1"
         self.last_path = ""  # "bulk" or "stream": how the last fetch travelled
+        self._buffer: bytearray | None = None  # the last bulk blob, reused once its tensors are gone
+        self.buffers_allocated = 0
 
     def watch(self, after_version: int = 0, timeout_s: float | None = None) -> Iterator[pb.VersionInfo]:
         """Announcements of versions newer than ``after_version``, as they are published."""
@@ -373,7 +376,7 @@ class WeightClient:
             (n,) = struct.unpack(">Q", header)
             if n != m.total_bytes:
                 raise WeightIntegrityError(f"bulk port announced {n} bytes, the manifest {m.total_bytes}")
-            blob = bytearray(n)
+            blob = self._take_buffer(n)
             view = memoryview(blob)
             got = 0
             while got < n:
@@ -387,6 +390,19 @@ class WeightClient:
                 raise WeightIntegrityError(f"{t.name}: checksum mismatch")
             out[t.name] = view_tensor(blob, t.offset, t.nbytes, t.dtype, list(t.shape))
         return out
+
+    def _take_buffer(self, n: int) -> bytearray:
+        """A buffer for an ``n``-byte blob: the previous one when nothing views it any more (every
+        version of a model has the same size, and a fresh 3 GB buffer costs ~1 s of page zeroing),
+        else a new one.  The tensors a fetch returns are views of its buffer."""
+        buf = self._buffer
+        # references: self._buffer and getrefcount's argument; any tensor or memoryview adds one
+        if buf is not None and len(buf) == n and sys.getrefcount(buf) <= 3:
+            return buf
+        self._buffer = None
+        self._buffer = bytearray(n)
+        self.buffers_allocated += 1
+        return self._buffer
 
     def _fetch_stream(self, info: pb.VersionInfo) -> dict[str, torch.Tensor]:
         bufs: dict[str, bytearray] = {}
@@ -467,6 +483,7 @@ class WeightFollower:
                         log.error("rejected policy version %d: %s", info.policy_version, e)
                         continue
                     self.apply(info.policy_version, tensors)
+                    del tensors  # frees the client's receive buffer for the next version
                     self.version = info.policy_version
             except grpc.RpcError as e:
                 if self._stop.is_set():

@@ -108,6 +108,22 @@ def test_bulk_path_aligns_any_dtype_and_verifies(service_server):
     client.close()
 
 
+def test_bulk_buffer_is_reused_only_when_nothing_views_it(service_server):
+    store, server, addr = service_server
+    client = W.WeightClient(addr, token="s3cret")
+    store.publish(1, _state(1))
+    first = client.fetch(next(client.watch(timeout_s=10)))
+    store.publish(2, _state(2))
+    second = client.fetch(next(client.watch(after_version=1, timeout_s=10)))
+    assert client.buffers_allocated == 2  # version 1's tensors are alive: a new buffer, and they stay intact
+    assert int(first["step"][0]) == 1 and int(second["step"][0]) == 2
+    del first, second
+    store.publish(3, _state(3))
+    third = client.fetch(next(client.watch(after_version=2, timeout_s=10)))
+    assert client.buffers_allocated == 2 and int(third["step"][0]) == 3  # nothing viewed it any more: reused
+    client.close()
+
+
 def test_bulk_tickets_are_single_use(service_server):
     import socket
 
