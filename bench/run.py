@@ -77,9 +77,10 @@ group read back (median of {r['repeats']} runs after a warm-up).
 | **ratio** | **{r['ratio']:.2f}×** | goal ≥ 0.95× |
 
 On 2 cores the engine, Redis, the service's HTTP thread and the reader share the CPU, and the
-ratio moves a lot between runs: 0.51× (machine busy), 1.20× and 0.68× (idle) on 2026-11-26.
-The goal is not reliably met here; the overheads on the service's side are per-token Python
-(extracting sampled log-probs) and encoding one stream entry per group.
+ratio moves a lot between runs: earlier runs on 2026-11-26 gave 0.51× (machine busy), 1.20×,
+0.68× and 1.05×, so the goal is met in some runs and not in others — not reliably. The overheads
+on the service's side are per-token Python (extracting sampled log-probs) and encoding one
+stream entry per group.
 """
 
 
