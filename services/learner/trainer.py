@@ -55,6 +55,7 @@ class GRPOTrainer:
         from transformers import AutoModelForCausalLM
 
         self.rank, self.world = init_distributed()
+        logging.getLogger("autothink.learner").info("trainer rank %d of %d (ZeRO-%d)", self.rank, self.world, ds.zero_stage)
         self.optim = optim
         on_gpu = torch.cuda.is_available()
         bf16 = ds.dtype == "bfloat16" or (ds.dtype == "auto" and on_gpu)

@@ -169,6 +169,7 @@ class Learner:
                 "step": k, "stage": step.stage.name, "policy_version": version, **stats, **batch_stats(batch),
                 "time_wait_s": round(t1 - t0, 3), "time_train_s": round(t2 - t1, 3), "time_publish_s": round(t3 - t2, 3),
                 "duplicates_dropped": self.dedupe.duplicates if self.rank == 0 else 0,
+                "world_size": self.trainer.world,
                 "group_ids": [g.group_id for g in groups],  # what this update trained on (fault tests count them)
             }
             if self.rank == 0:

@@ -110,3 +110,27 @@ def test_up_names_the_service_that_dies(toy_model, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
     assert "the learner service exited" in r.stderr and "missing.jsonl" in r.stderr
+
+
+def test_up_trains_with_two_learner_ranks(toy_model, tmp_path):
+    """The whole loop with the learner as 2 DeepSpeed ranks under torchrun (ZeRO-2)."""
+    stage = {"steps": 2, "prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 64, "temperature": 0.6}
+    exp = {
+        "name": "up-ranks", "model": {"path": str(toy_model[0])}, "data": {"source": "toy"},
+        "stages": [{"name": "stage1", "batch_balance_rate": 0.5, **stage}, {"name": "stage2", **stage},
+                   {"name": "stage3", "alpha": 0.05, "beta": 0.05, **stage}],
+        "optim": {"lr": 5e-5, "mini_batch_prompts": 4, "micro_batch_samples": 8},
+        "deepspeed": {"zero_stage": 2, "dtype": "float32"},
+        "output_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    r = subprocess.run([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(free_port()), "--learner-procs", "2",
+                        "--run-id", "ranks", "--quiet", "--exit-when-trained"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:] + (tmp_path / "run" / "logs" / "learner.log").read_text()[-3000:]
+    learner_log = (tmp_path / "run" / "logs" / "learner.log").read_text()
+    assert "trainer rank 0 of 2 (ZeRO-2)" in learner_log and "trainer rank 1 of 2 (ZeRO-2)" in learner_log
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(6)) and [r["policy_version"] for r in rows] == list(range(1, 7))
+    assert all(r["world_size"] == 2 and r["samples"] == 16 for r in rows)
+    assert (tmp_path / "run" / "stages" / "stage3" / "config.json").is_file()
