@@ -76,11 +76,12 @@ group read back (median of {r['repeats']} runs after a warm-up).
 | rollout service (Redis in, Redis out) | {r['service_tokens_per_s']:.0f} | {r['service_runs']} |
 | **ratio** | **{r['ratio']:.2f}×** | goal ≥ 0.95× |
 
-On 2 cores the engine, Redis, the service's HTTP thread and the reader share the CPU, and the
-ratio moves a lot between runs: earlier runs on 2026-11-26 gave 0.51× (machine busy), 1.20×,
-0.68× and 1.05×, so the goal is met in some runs and not in others — not reliably. The overheads
-on the service's side are per-token Python (extracting sampled log-probs) and encoding one
-stream entry per group.
+On 2 cores the engine, Redis, the service's HTTP thread and the reader share the CPU, so single
+runs are noisy. Before the batching window the ratio ranged 0.51× (machine busy) to 1.20×, with
+0.68× and 1.05× in between: a worker that woke on the first prompt generated a partial batch while
+the rest were still arriving. Since it waits up to `batch_window_ms` (50 ms) for a full batch,
+runs on 2026-11-26 gave 0.96× and 1.01×. The remaining overheads are per-token
+Python (extracting sampled log-probs) and encoding one stream entry per group.
 """
 
 

@@ -127,6 +127,22 @@ class RedisBus:
         resp = self._call(lambda: self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms))
         return [Entry(stream, _id(i), f) for _, items in (resp or []) for i, f in items]
 
+    def read_batch(self, stream: str, group: str, consumer: str, count: int, block_ms: int = 1000, window_ms: int = 50) -> list[Entry]:
+        """Like :meth:`read`, but once the first entries arrive keep collecting for up to
+        ``window_ms`` until ``count`` are in hand: a producer that adds its entries one by one
+        (the learner feeding a step's prompts) still makes one batch, not many small ones."""
+        entries = self.read(stream, group, consumer, count, block_ms)
+        deadline = time.monotonic() + window_ms / 1000
+        while entries and len(entries) < count:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = self.read(stream, group, consumer, count - len(entries), left_ms)
+            if not more:
+                break
+            entries += more
+        return entries
+
     def ack(self, stream: str, group: str, *ids: str) -> None:
         if ids:
             self._call(lambda: self.client.xack(stream, group, *ids))

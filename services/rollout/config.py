@@ -15,6 +15,7 @@ class RolloutServiceConfig(Strict):
     weights: WeightSyncConfig = WeightSyncConfig()
     follow_weights: bool = Field(True, description="Watch the weight service and swap in new versions.")
     prompts_per_generate: int = Field(16, ge=1, description="Prompt messages batched into one vLLM call.")
+    batch_window_ms: int = Field(50, ge=0, description="After the first prompt arrives, wait this long for a fuller batch.")
     max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (default: what the model allows).")
     enforce_eager: bool = True
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)

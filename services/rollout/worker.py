@@ -146,7 +146,7 @@ class RolloutWorker:
     def step(self, block_ms: int = 500) -> int:
         self.swap_weights_if_new()
         names = self.bus.names
-        entries = self.bus.read(names.prompts, GROUP, self.consumer, count=self.cfg.prompts_per_generate, block_ms=block_ms)
+        entries = self.bus.read_batch(names.prompts, GROUP, self.consumer, self.cfg.prompts_per_generate, block_ms, self.cfg.batch_window_ms)
         batch = []
         for entry in entries:
             msg = self.bus.decode_or_dead_letter(entry, "prompt", GROUP, self.consumer)
