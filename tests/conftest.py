@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +15,53 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services.launcher import free_port  # noqa: E402  (one helper for the product and the tests)
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first, then the parent pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie (a zombie is gone for our purposes)."""
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        fields = _proc_stat(entry)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def short_experiment(model_dir: Path, out: Path, steps: int = 2, prompts: int = 4, max_tokens: int = 96,
+                     micro_batch: int = 16, zero_stage: int = 0, **extra: object) -> dict:
+    """Three short AutoThink stages on the toy model (4 samples a prompt), as an experiment dict."""
+    stage = {"steps": steps, "prompts_per_batch": prompts, "samples_per_prompt": 4, "max_response_tokens": max_tokens, "temperature": 0.6}
+    return {
+        "name": "short", "model": {"path": str(model_dir)},
+        "stages": [{"name": "stage1", "batch_balance_rate": 0.5, **stage}, {"name": "stage2", **stage},
+                   {"name": "stage3", "alpha": 0.05, "beta": 0.05, **stage}],
+        "optim": {"lr": 5e-5, "epochs": 1, "mini_batch_prompts": prompts, "micro_batch_samples": micro_batch, "gradient_checkpointing": False},
+        "deepspeed": {"zero_stage": zero_stage, "dtype": "float32"},
+        "output_dir": str(out),
+        **extra,
+    }
 
 
 class RedisServer:

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import RedisServer, ServiceProcess, free_port, wait_healthy
+from tests.conftest import RedisServer, ServiceProcess, free_port, short_experiment, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "faults"
@@ -35,17 +35,8 @@ def test_run_survives_killed_services_and_a_redis_restart(toy_model, services, t
 
 def _run(model_dir, redis, services, tmp_path):
     weights = f"127.0.0.1:{free_port()}"
-    stage = {"steps": STEPS // 3, "prompts_per_batch": PROMPTS, "samples_per_prompt": 4, "max_response_tokens": 96, "temperature": 0.6}
-    exp = {
-        "name": "faults", "model": {"path": str(model_dir)},
-        "stages": [{"name": "stage1", "batch_balance_rate": 0.5, **stage}, {"name": "stage2", **stage},
-                   {"name": "stage3", "alpha": 0.05, "beta": 0.05, **stage}],
-        "optim": {"lr": 5e-5, "mini_batch_prompts": PROMPTS, "micro_batch_samples": 16},
-        "deepspeed": {"zero_stage": 0, "dtype": "float32"},
-        "redis": {"url": redis.url, "claim_idle_ms": 3000},
-        "weights": {"address": weights, "token": "t"},
-        "output_dir": str(tmp_path / "run"),
-    }
+    exp = short_experiment(model_dir, tmp_path / "run", steps=STEPS // 3, prompts=PROMPTS,
+                           redis={"url": redis.url, "claim_idle_ms": 3000}, weights={"address": weights, "token": "t"})
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     log = tmp_path / "run" / "metrics.jsonl"
     state = tmp_path / "run" / "checkpoint" / "state.json"

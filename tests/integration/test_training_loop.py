@@ -8,29 +8,15 @@ import yaml
 
 from autothink.bus.messages import decode
 from autothink.bus.streams import RedisBus
-from tests.conftest import ServiceProcess, free_port, wait_healthy
+from tests.conftest import ServiceProcess, free_port, short_experiment, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "loop-it"
 
 
 def _experiment(model_dir, redis_url, weights, out):
-    stage = {"prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 96, "temperature": 0.6}
-    return {
-        "name": "loop-test",
-        "model": {"path": str(model_dir)},
-        "stages": [
-            {"name": "stage1", "steps": 2, "batch_balance_rate": 0.5, **stage},
-            {"name": "stage2", "steps": 2, **stage},
-            {"name": "stage3", "steps": 2, "alpha": 0.05, "beta": 0.05, **stage},
-        ],
-        "optim": {"lr": 5e-5, "epochs": 1, "mini_batch_prompts": 4, "micro_batch_samples": 16, "gradient_checkpointing": False},
-        "deepspeed": {"zero_stage": 2, "dtype": "float32"},
-        "max_staleness": 1,
-        "redis": {"url": redis_url, "claim_idle_ms": 5000},
-        "weights": {"address": weights, "token": "t"},
-        "output_dir": str(out),
-    }
+    return short_experiment(model_dir, out, zero_stage=2, max_staleness=1, redis={"url": redis_url, "claim_idle_ms": 5000},
+                            weights={"address": weights, "token": "t"})
 
 
 def _start_stack(services, tmp_path, model_dir, redis_url, weights):

@@ -4,7 +4,6 @@ real processes — then POST /generate against the trained model, then Ctrl-C wi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,49 +14,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, alive, descendants, free_port, short_experiment
 
 pytestmark = pytest.mark.slow
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
-    stage = {"steps": 2, "prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 96, "temperature": 0.6}
-    exp = {
-        "name": "up-e2e", "model": {"path": str(toy_model[0])}, "data": {"source": "toy"},
-        "stages": [{"name": "stage1", "batch_balance_rate": 0.5, **stage}, {"name": "stage2", **stage},
-                   {"name": "stage3", "alpha": 0.05, "beta": 0.05, **stage}],
-        "optim": {"lr": 5e-5, "mini_batch_prompts": 4, "micro_batch_samples": 16},
-        "deepspeed": {"zero_stage": 0, "dtype": "float32"},
-        "output_dir": str(tmp_path / "run"),
-    }
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(short_experiment(toy_model[0], tmp_path / "run")))
     port = free_port()
     log = open(tmp_path / "up.log", "wb")
     autothink = str(Path(sys.executable).with_name("autothink"))
@@ -69,7 +32,7 @@ def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
         while "Ctrl-C to stop" not in (tmp_path / "up.log").read_text(errors="replace"):
             assert proc.poll() is None, (tmp_path / "up.log").read_text()[-5000:]
             assert time.time() < deadline, "not trained in time"
-            seen |= _descendants(proc.pid)
+            seen |= descendants(proc.pid)
             time.sleep(1)
         out = (tmp_path / "up.log").read_text()
         for name in ("redis", "reward", "rollout", "learner", "gateway"):
@@ -81,7 +44,7 @@ def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
         for name in ("stage1", "stage2", "stage3"):
             assert (tmp_path / "run" / "stages" / name / "config.json").is_file()
 
-        seen |= _descendants(proc.pid)
+        seen |= descendants(proc.pid)
         r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"prompt": "What is the value of $3+4$?", "max_tokens": 96}, timeout=60)
         assert r.status_code == 200, r.text
         body = r.json()
@@ -95,7 +58,7 @@ def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
             proc.wait()
         log.close()
     time.sleep(0.5)
-    left = [p for p in seen if _alive(p)]
+    left = [p for p in seen if alive(p)]
     assert not left, f"processes left behind: {left}"
     assert "stopping the gateway" in (tmp_path / "up.log").read_text()
 
@@ -114,15 +77,7 @@ def test_up_names_the_service_that_dies(toy_model, tmp_path):
 
 def test_up_trains_with_two_learner_ranks(toy_model, tmp_path):
     """The whole loop with the learner as 2 DeepSpeed ranks under torchrun (ZeRO-2)."""
-    stage = {"steps": 2, "prompts_per_batch": 4, "samples_per_prompt": 4, "max_response_tokens": 64, "temperature": 0.6}
-    exp = {
-        "name": "up-ranks", "model": {"path": str(toy_model[0])}, "data": {"source": "toy"},
-        "stages": [{"name": "stage1", "batch_balance_rate": 0.5, **stage}, {"name": "stage2", **stage},
-                   {"name": "stage3", "alpha": 0.05, "beta": 0.05, **stage}],
-        "optim": {"lr": 5e-5, "mini_batch_prompts": 4, "micro_batch_samples": 8},
-        "deepspeed": {"zero_stage": 2, "dtype": "float32"},
-        "output_dir": str(tmp_path / "run"),
-    }
+    exp = short_experiment(toy_model[0], tmp_path / "run", max_tokens=64, micro_batch=8, zero_stage=2)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     autothink = str(Path(sys.executable).with_name("autothink"))
     r = subprocess.run([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(free_port()), "--learner-procs", "2",

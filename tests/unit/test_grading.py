@@ -7,6 +7,7 @@ import pytest
 
 from autothink.grading import grade, grade_in_process
 from autothink.grading.pool import GraderPool
+from tests.conftest import descendants
 
 
 def same(pred: str, truth) -> bool:
@@ -127,24 +128,12 @@ DANGEROUS = [
 def test_dangerous_strings_are_inert(payload, tmp_path):
     marker = tmp_path / "pwned"
     before = set(os.listdir(tmp_path))
-    children = _children()
+    children = descendants(os.getpid())
     r = grade_in_process("\\boxed{" + payload.format(marker=marker) + "}", "2")
     assert not r.correct
     assert set(os.listdir(tmp_path)) == before and not marker.exists()
-    assert _children() <= children  # no process started
+    assert descendants(os.getpid()) <= children  # no process started
 
-
-def _children() -> set[int]:
-    me = str(os.getpid())
-    out = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[1] == me:
-                    out.add(int(pid))
-        except (OSError, IndexError):
-            pass
-    return out
 
 
 @pytest.mark.parametrize(

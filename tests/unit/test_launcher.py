@@ -3,22 +3,13 @@ named, and a stop that leaves no process behind (grandchildren included)."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import pytest
 
 from services.launcher import Service, ServiceDied, Supervisor
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
-        return f.read().split()[2] != "Z"
+from tests.conftest import alive
 
 
 def test_prefixed_logs_and_death_named(tmp_path) -> None:
@@ -53,11 +44,11 @@ def test_stop_takes_the_whole_process_group(tmp_path) -> None:
         assert time.time() < deadline
         time.sleep(0.05)
     grandchild = int(pid_file.read_text())
-    assert _alive(svc.proc.pid) and _alive(grandchild)
+    assert alive(svc.proc.pid) and alive(grandchild)
     sup.stop_all()
     time.sleep(0.3)
-    assert not _alive(svc.proc.pid)
-    assert not _alive(grandchild)
+    assert not alive(svc.proc.pid)
+    assert not alive(grandchild)
     sup.check()  # a service we stopped is not reported as dead
 
 
