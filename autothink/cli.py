@@ -155,8 +155,13 @@ def _train(run, opts, quiet_bar: bool = False):  # type: ignore[no-untyped-def]
     """Run the schedule through the services with a progress bar; exit 1 naming a dead service."""
     from tqdm import tqdm
 
+    import signal
+
     from services.launcher import ServiceDied, train
     from services.learner.worker import plan
+
+    # Ctrl-C must stop the stack even when a parent shell started us with SIGINT ignored (`cmd &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     steps = plan(run.stages)
     tty = sys.stderr.isatty()
