@@ -212,6 +212,10 @@ def up(
     redis_url: Annotated[Optional[str], typer.Option(help="Use this Redis instead of starting a redis-server.")] = None,
     run_id: Annotated[str, typer.Option(help="Namespace of the run's Redis streams.")] = "up",
     learner_procs: Annotated[int, typer.Option(help="Learner processes (torchrun) on this machine.")] = 1,
+    cpu_split: Annotated[Optional[bool], typer.Option(
+        "--cpu-split/--no-cpu-split",
+        help="Give the rollout service and the learner disjoint halves of the cores (AUTOTHINK_CPUS). "
+             "Default: when they overlap (max_staleness >= 1) on a machine without a GPU.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the learner's checkpoint in the output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="Service logs to RUN/logs only, not to the console.")] = False,
     exit_when_trained: Annotated[bool, typer.Option(help="Stop everything once trained instead of serving.")] = False,
@@ -230,7 +234,7 @@ def up(
         _fail(why)
     _ensure_model(run)
     opts = UpOptions(run_id=run_id, gateway_host=host, gateway_port=port, api_key=api_key, redis_url=redis_url,
-                     learner_procs=learner_procs, resume=resume, echo=not quiet)
+                     learner_procs=learner_procs, cpu_split=cpu_split, resume=resume, echo=not quiet)
     stack = _train(run, opts)
     typer.echo(f"\ntrained: {len(stack.metrics)} steps, policy version {stack.final_version}; run folder {stack.run_dir}")
     typer.echo(f"the gateway serves it on {stack.gateway_url} (OpenAI API under {stack.gateway_url}/v1):\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ def service_settings(
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{name}",
         description=f"{description} Settings come from --config FILE and {prefix}* environment variables.",
+        epilog="AUTOTHINK_CPUS=0-3,8 pins the service (and the engine processes and threads it starts) to those cores.",
     )
     parser.add_argument("--config", help="YAML file with this service's settings")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
@@ -47,4 +49,13 @@ def service_settings(
     if args.print_config:
         print(json.dumps(shown, indent=2))
         raise SystemExit(0)
+    from autothink.cpus import pin_from_env
+
+    try:
+        cpus = pin_from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if cpus is not None:
+        print(f"{name}: pinned to cores {os.environ['AUTOTHINK_CPUS']} ({os.environ['OMP_NUM_THREADS']} threads)", file=sys.stderr)
     return cfg, args

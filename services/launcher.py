@@ -147,6 +147,7 @@ class UpOptions:
     api_key: str = ""
     redis_url: str | None = None
     learner_procs: int = 1
+    cpu_split: bool | None = None  # rollout and learner on disjoint cores; None: when they overlap on a CPU-only machine
     resume: bool = False
     echo: bool = True
 
@@ -166,6 +167,22 @@ def _max_model_len(run: RunConfig) -> int:
     from autothink.engine import context_length
 
     return context_length(run.model.path, max(s.max_response_tokens for s in run.stages) + 1024)
+
+
+def _cores(run: RunConfig, opts: UpOptions, write: Callable[[str], None]) -> dict[str, dict[str, str]]:
+    """AUTOTHINK_CPUS for the rollout service and the learner (autothink.cpus.plan_cpus), by service."""
+    from autothink.cpus import ENV, plan_cpus
+
+    on_gpu = False
+    if opts.cpu_split is None and run.max_staleness >= 1:
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+    plan = plan_cpus(sorted(os.sched_getaffinity(0)), run.max_staleness, on_gpu, opts.cpu_split)
+    if plan:
+        write(f"cores: rollout {plan['rollout']}, learner {plan['learner']} (max_staleness {run.max_staleness}: "
+              "generation overlaps training; --no-cpu-split shares them)")
+    return {name: {ENV: cpus} for name, cpus in plan.items()}
 
 
 def start_redis(sup: Supervisor, run_dir: Path) -> tuple[Service, str]:
@@ -222,11 +239,12 @@ def train(run: RunConfig, opts: UpOptions, progress: Callable[[dict[str, Any]], 
         def env(prefix: str, **kv: str) -> dict[str, str]:
             return {f"AUTOTHINK_{prefix}_{k}": v for k, v in {**common, **kv}.items()}
 
+        cores = _cores(run, opts, sup.write)
         reward_port, rollout_port, learner_port = free_port(), free_port(), free_port()
         reward = sup.start(Service("reward", [py, "-m", "services.reward"], env("REWARD", PORT=str(reward_port), GRADER_WORKERS="1"),
                                    f"http://127.0.0.1:{reward_port}/health"))
         rollout = sup.start(Service("rollout", [py, "-m", "services.rollout"], env(
-            "ROLLOUT", PORT=str(rollout_port), MODEL=model, MAX_MODEL_LEN=max_len, WEIGHTS__ADDRESS=weights, WEIGHTS__TOKEN=token),
+            "ROLLOUT", PORT=str(rollout_port), MODEL=model, MAX_MODEL_LEN=max_len, WEIGHTS__ADDRESS=weights, WEIGHTS__TOKEN=token) | cores.get("rollout", {}),
             f"http://127.0.0.1:{rollout_port}/health"))
         gw_argv = [py, "-m", "services.gateway", "--model", model, "--host", opts.gateway_host, "--port", str(opts.gateway_port),
                    "--max-model-len", max_len, "--follow", weights, "--follow-token", token]
@@ -245,7 +263,7 @@ def train(run: RunConfig, opts: UpOptions, progress: Callable[[dict[str, Any]], 
         learner = sup.start(Service("learner", learner_argv, {
             "AUTOTHINK_LEARNER_EXPERIMENT": str(exp), "AUTOTHINK_LEARNER_RUN_ID": opts.run_id,
             "AUTOTHINK_LEARNER_WEIGHTS_BIND": weights, "AUTOTHINK_LEARNER_METRICS_PORT": str(learner_port),
-            "AUTOTHINK_LEARNER_SERVE_AFTER_FINISH": "true",
+            "AUTOTHINK_LEARNER_SERVE_AFTER_FINISH": "true", **cores.get("learner", {}),
         }, f"http://127.0.0.1:{learner_port}/health"))
         training.insert(0, learner)
         sup.wait_ready([learner])

@@ -75,17 +75,66 @@ def test_up_names_the_service_that_dies(toy_model, tmp_path):
     assert "the learner service exited" in r.stderr and "missing.jsonl" in r.stderr
 
 
-def test_up_trains_with_two_learner_ranks(toy_model, tmp_path):
-    """The whole loop with the learner as 2 DeepSpeed ranks under torchrun (ZeRO-2)."""
-    exp = short_experiment(toy_model[0], tmp_path / "run", max_tokens=64, micro_batch=8, zero_stage=2)
+def _affinity(pid: int) -> tuple[str, str] | None:
+    """(command line, Cpus_allowed_list) of a live process, None once it is gone."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return cmd, next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+
+
+def test_up_trains_with_two_learner_ranks_on_their_own_cores(toy_model, tmp_path):
+    """The whole loop with the learner as 2 DeepSpeed ranks under torchrun (ZeRO-2), and
+    max_staleness 1: `up` gives the rollout service (with its vLLM engine process) and the learner
+    ranks disjoint cores, and generation overlaps training."""
+    import os
+
+    from autothink.cpus import parse_cpu_list, plan_cpus
+
+    plan = plan_cpus(sorted(os.sched_getaffinity(0)), max_staleness=1, on_gpu=False)
+    if not plan:
+        pytest.skip("one core: nothing to split")
+    exp = short_experiment(toy_model[0], tmp_path / "run", max_tokens=64, micro_batch=8, zero_stage=2, max_staleness=1)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     autothink = str(Path(sys.executable).with_name("autothink"))
-    r = subprocess.run([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(free_port()), "--learner-procs", "2",
-                        "--run-id", "ranks", "--quiet", "--exit-when-trained"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:] + (tmp_path / "run" / "logs" / "learner.log").read_text()[-3000:]
+    out = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(free_port()), "--learner-procs", "2",
+                             "--run-id", "ranks", "--quiet", "--exit-when-trained"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    pinned: dict[str, set[str]] = {"rollout": set(), "learner": set()}  # cores seen per role, over every process of it
+    try:
+        deadline = time.time() + 900
+        learner_log = tmp_path / "run" / "logs" / "learner.log"
+        while proc.poll() is None:
+            assert time.time() < deadline, "not trained in time"
+            # sample once both ranks run (they pin themselves first thing; the rollout service long before)
+            if learner_log.exists() and "trainer rank 1 of 2" in learner_log.read_text(errors="replace"):
+                for child in descendants(proc.pid):
+                    info = _affinity(child)
+                    role = next((r for r in pinned if info and f"-m services.{r}" in info[0] and "torchrun" not in info[0]), None)
+                    if role is None:
+                        continue
+                    for pid in {child} | descendants(child):  # the vLLM engine process, DeepSpeed helpers
+                        if (sub := _affinity(pid)) is not None:
+                            pinned[role].add(sub[1])
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        out.close()
+    log = (tmp_path / "up.log").read_text()
+    assert proc.returncode == 0, log[-3000:] + (tmp_path / "run" / "logs" / "learner.log").read_text()[-3000:]
+    assert f"cores: rollout {plan['rollout']}, learner {plan['learner']}" in log
+    assert {role: {tuple(parse_cpu_list(c)) for c in cores} for role, cores in pinned.items()} == {
+        role: {tuple(parse_cpu_list(plan[role]))} for role in pinned}, pinned
     learner_log = (tmp_path / "run" / "logs" / "learner.log").read_text()
     assert "trainer rank 0 of 2 (ZeRO-2)" in learner_log and "trainer rank 1 of 2 (ZeRO-2)" in learner_log
+    assert learner_log.count(f"learner: pinned to cores {plan['learner']}") == 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(6)) and [r["policy_version"] for r in rows] == list(range(1, 7))
     assert all(r["world_size"] == 2 and r["samples"] == 16 for r in rows)
+    assert all(min(r["policy_versions"]) >= r["step"] - 1 for r in rows)  # bounded staleness ...
+    assert any(max(r["policy_versions"]) < r["step"] for r in rows)  # ... and some step trained on rollouts made while training
     assert (tmp_path / "run" / "stages" / "stage3" / "config.json").is_file()
