@@ -74,6 +74,8 @@ class GRPOTrainer:
             "steps_per_print": 1 << 30,
         }
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        # a forward pass in train mode equals the no-grad one only without dropout
+        self.reuse_logprobs_for_one_update = not _has_dropout(model)
         self.device = self.engine.device
         self.zero_stage = ds.zero_stage
 
@@ -121,12 +123,16 @@ class GRPOTrainer:
     def train(self, batch: TrainBatch, groups_per_mini_batch: int, temperature: float) -> dict[str, float]:
         """``optim.epochs`` passes of PPO-clip updates over ``batch``; returns averaged diagnostics."""
         micro = self.optim.micro_batch_samples
+        mini_batches = list(batch.mini_batches(groups_per_mini_batch))
         # "old" log-probs: the current policy before this batch's updates (rollouts may come from an
-        # older version and were sampled by another engine, so their own log-probs are not used)
-        old = self.logprobs(batch.samples, temperature, micro)
+        # older version and were sampled by another engine, so their own log-probs are not used).
+        # With one update per batch the policy computing the loss *is* that policy, so the loss's own
+        # forward pass gives them (detached) and the extra no-grad pass is skipped.
+        one_update = self.optim.epochs == 1 and len(mini_batches) == 1 and self.reuse_logprobs_for_one_update
+        old = None if one_update else self.logprobs(batch.samples, temperature, micro)
         sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "updates": 0.0}
         for epoch in range(self.optim.epochs):
-            for mb in batch.mini_batches(groups_per_mini_batch):
+            for mb in mini_batches:
                 mine = mb[self.rank :: self.world]
                 tokens = self._global_sum(sum(len(batch.samples[i].response_ids) for i in mine))
                 norm = max(tokens, 1.0) / self.world  # token mean over the whole mini-batch, on every rank
@@ -137,10 +143,13 @@ class GRPOTrainer:
                         continue
                     samples = [batch.samples[i] for i in chunk]
                     lp, logits, mask = self._forward(samples, temperature)
-                    old_t = torch.zeros_like(lp)
-                    for row, i in enumerate(chunk):
-                        start = len(samples[row].prompt_ids) - 1
-                        old_t[row, start : start + len(samples[row].response_ids)] = old[i].to(lp.device)
+                    if old is None:
+                        old_t = lp.detach()
+                    else:
+                        old_t = torch.zeros_like(lp)
+                        for row, i in enumerate(chunk):
+                            start = len(samples[row].prompt_ids) - 1
+                            old_t[row, start : start + len(samples[row].response_ids)] = old[i].to(lp.device)
                     adv = torch.tensor([batch.advantages[i] for i in chunk], device=lp.device)
                     loss, st = policy_loss(
                         lp, old_t, adv, mask, self.optim.clip_low, self.optim.clip_high, token_normalizer=norm
@@ -190,6 +199,12 @@ class GRPOTrainer:
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(str(tokenizer_from)).save_pretrained(str(out))
+
+
+def _has_dropout(model: torch.nn.Module) -> bool:
+    cfg = getattr(model, "config", None)
+    rates = [getattr(cfg, k, 0.0) or 0.0 for k in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "dropout")]
+    return any(r > 0 for r in rates) or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 class _null:

@@ -86,3 +86,27 @@ def test_update_does_not_depend_on_micro_batching(toy_model):
         results.append(t.state_dict())
     for k in results[0]:
         assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+
+
+def test_one_update_per_batch_skips_the_old_logprob_pass_and_makes_the_same_update(toy_model):
+    """One epoch over one mini-batch: the loss's own forward pass is the old policy, so the
+    separate no-grad pass is skipped (one forward per micro-batch instead of two), with the same
+    parameters after the step and ratios of exactly 1."""
+    from transformers import AutoTokenizer
+
+    batch = fixed_batch(AutoTokenizer.from_pretrained(toy_model[0]))
+    results, forwards, stats = [], [], []
+    for reuse in (True, False):
+        t = make_trainer(toy_model[0], micro=4)
+        assert t.reuse_logprobs_for_one_update  # the toy model has no dropout
+        t.reuse_logprobs_for_one_update = reuse
+        calls = []
+        t.engine.module.register_forward_hook(lambda *_: calls.append(1))
+        stats.append(t.train(batch, groups_per_mini_batch=4, temperature=0.6))
+        results.append(t.state_dict())
+        forwards.append(len(calls))
+    assert forwards == [4, 8]  # 16 samples, 4 a pass: 4 training passes, plus 4 no-grad ones without the shortcut
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+    assert stats[0]["approx_kl"] == 0.0 and stats[0]["clip_fraction"] == 0.0
+    assert abs(stats[1]["approx_kl"]) < 1e-6 and abs(stats[0]["loss"] - stats[1]["loss"]) < 1e-6
