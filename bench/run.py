@@ -145,10 +145,9 @@ for rollouts and training.  "split": the rollout service on cores {r['split'].ge
 
 With its own resources per role -- the setting max_staleness is for, and what GPUs or Kubernetes
 CPU limits give -- overlapping generation with training meets the goal: the learner no longer
-waits for rollouts.  On this 2-core machine as a whole it cannot: an on-policy run on shared
-cores already keeps both cores busy most of the time (generation ≈ {runs['split0']['wait']:.1f} core-s and
-training ≈ {runs['split0']['train']:.1f} core-s a step, so perfect overlap on 2 cores would take
-≈ {(runs['split0']['wait'] + runs['split0']['train']) / 2:.2f} s against {runs['shared0']['median_step_s']:.2f} s measured on-policy).  Sharing cores with
+waits for rollouts.  On this 2-core machine as a whole the gain is smaller: on-policy on shared
+cores gives each phase both cores in turn, so it wastes far less than on-policy on split cores,
+and the best layout for each setting differs by much less than 1.5× (last row).  Sharing cores with
 max_staleness 1 is the worst layout: two OpenMP pools oversubscribe the cores.
 """
 
