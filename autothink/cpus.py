@@ -2,7 +2,8 @@
 
 With ``max_staleness`` ≥ 1 the rollout engine generates step k+1 while the learner trains step k.
 On GPUs each has its own device; on one CPU machine both default to every core, their OpenMP
-pools oversubscribe the cores and the overlap buys little (1.07-1.22× on 2 cores, BENCHMARKS.md).
+pools oversubscribe the cores and staleness 1 even ran slower than on-policy (0.69-0.96× on 2
+cores, BENCHMARKS.md).
 ``AUTOTHINK_CPUS="0-3,8"`` pins a service process -- and what it starts: the vLLM engine
 process, DeepSpeed ranks, their threads -- to those cores and sizes its thread pools to them.
 Every service reads it at start (services._cli); ``autothink up`` sets it for the rollout service
@@ -11,6 +12,7 @@ and the learner when they should overlap (:func:`plan_cpus`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import MutableMapping, Sequence
@@ -46,15 +48,10 @@ def format_cpu_list(cpus: Sequence[int]) -> str:
     >>> format_cpu_list([8, 0, 1, 2, 3])
     '0-3,8'
     """
-    out: list[str] = []
-    run: list[int] = []
-    for c in sorted(set(cpus)):
-        if run and c != run[-1] + 1:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(c)
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    out = []
+    for _, run in itertools.groupby(enumerate(sorted(set(cpus))), key=lambda ic: ic[1] - ic[0]):  # consecutive ids
+        ids = [c for _, c in run]
+        out.append(f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else str(ids[0]))
     return ",".join(out)
 
 
