@@ -78,11 +78,12 @@ def _mixed_number(s: str) -> str:
 def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
     if a == b:
         return True
-    if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+    undefined = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)  # e.g. \log(0)*0 is nan: equal to nothing
+    if a.has(*undefined) or b.has(*undefined):
         return False
-    diff = sympy.N(a - b, 60)
-    scale = max(abs(sympy.N(a, 60)), abs(sympy.N(b, 60)), sympy.Integer(1))
     try:
+        diff = sympy.N(a - b, 60)
+        scale = max(abs(sympy.N(a, 60)), abs(sympy.N(b, 60)), sympy.Integer(1))
         return bool(abs(diff) <= scale * sympy.Float("1e-50", 60))
     except TypeError:  # complex or undefined
         return bool(sympy.simplify(a - b) == 0)
