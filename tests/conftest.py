@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-from services.launcher import free_port  # noqa: E402  (one helper for the product and the tests)
+from entrypoints.launcher import free_port  # noqa: E402  (one helper for the product and the tests)
 
 
 def _proc_stat(pid: int | str) -> list[str] | None:

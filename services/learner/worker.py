@@ -13,7 +13,6 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +20,14 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from autothink.batching import GroupDeduper, batch_stats, build_batch
 from autothink.bus.messages import PromptMsg, ScoredGroup
-from autothink.config import RunConfig, StageConfig
+from autothink.config import RunConfig
 from autothink.data import load_problems
+from autothink.schedule import plan
 from services.learner.config import LearnerServiceConfig
 from services.learner.trainer import GRPOTrainer
 
 log = logging.getLogger("autothink.learner")
 GROUP = "learner"
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    index: int  # global step
-    stage_index: int
-    stage: StageConfig
-    cursor: int  # where this step's prompts start in the (shuffled, cycled) dataset
-
-
-def plan(stages: list[StageConfig]) -> list[PlannedStep]:
-    """The whole schedule, step by step, with each step's data position.
-
-    >>> from autothink.config import load_config
-    >>> [(p.index, p.stage.name, p.cursor) for p in plan(load_config("toy", environ={}).stages)][29:32]
-    [(29, 'stage1', 464), (30, 'stage2', 480), (31, 'stage2', 496)]
-    """
-    out, cursor = [], 0
-    for si, stage in enumerate(stages):
-        for _ in range(stage.steps):
-            out.append(PlannedStep(len(out), si, stage, cursor))
-            cursor += stage.prompts_per_batch
-    return out
 
 
 class Learner:

@@ -80,7 +80,7 @@ def test_service_section_from_environment():
 
 def test_core_library_imports_without_torch():
     code = (
-        "import sys; import autothink.config, autothink.rewards, autothink.prompting, autothink.cli; "
+        "import sys; import autothink.config, autothink.rewards, autothink.prompting, entrypoints.cli; "
         "import services.reward.config, services.rollout.config, services.learner.config, services.gateway.config; "
         "heavy = [m for m in ('torch', 'vllm', 'deepspeed', 'transformers') if m in sys.modules]; "
         "assert not heavy, heavy"

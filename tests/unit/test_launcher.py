@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.launcher import Service, ServiceDied, Supervisor
+from entrypoints.launcher import Service, ServiceDied, Supervisor
 from tests.conftest import alive
 
 

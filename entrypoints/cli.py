@@ -157,8 +157,8 @@ def _train(run, opts, quiet_bar: bool = False):  # type: ignore[no-untyped-def]
 
     import signal
 
-    from services.launcher import ServiceDied, train
-    from services.learner.worker import plan
+    from entrypoints.launcher import ServiceDied, train
+    from autothink.schedule import plan
 
     # Ctrl-C must stop the stack even when a parent shell started us with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -227,7 +227,7 @@ def up(
     policy until Ctrl-C.  Exits non-zero naming the service if one dies.
     """
     from services.gateway.config import GatewayConfig, check_exposure
-    from services.launcher import UpOptions, curl_example, serve_forever
+    from entrypoints.launcher import UpOptions, curl_example, serve_forever
 
     run = _load_run(experiment, set_)
     if (why := check_exposure(GatewayConfig(host=host, api_key=api_key))) is not None:
@@ -265,7 +265,7 @@ def demo(
     import time
     from pathlib import Path
 
-    from services.launcher import UpOptions, curl_example, serve_forever
+    from entrypoints.launcher import UpOptions, curl_example, serve_forever
 
     t0 = time.time()
     run = _load_run("toy", set_)
