@@ -8,11 +8,18 @@ extracted answer.  The status separates the outcomes a reward must not confuse:
 * ``unparseable`` the response is over the size limit, or the answer is not in the grammar and
                   matches no ground truth textually (``correct`` is False)
 * ``timeout``     the comparison ran past the hard time limit; the worker that ran it was killed
-                  and replaced (``correct`` is False)
+                  and replaced (``correct`` is None: could not grade)
+* ``error``       the worker died or the comparison raised (``correct`` is None: could not grade)
+
+``timeout`` and ``error`` are never verdicts: ``correct`` is None there and only there, so a
+caller that tests ``result.correct is None`` (or the status) tells "could not grade" from
+"wrong" (STYLE.md, "The grader").
 
 Model output is never evaluated: see :mod:`autothink.grading.parser`.  ``grade`` runs the
 comparison in a :class:`~autothink.grading.pool.GraderPool` worker process (started on first
-use), which is what makes the time limit hard; :func:`grade_in_process` is the same comparison
+use, as ``python -m autothink.grading.worker``: it never re-imports the caller's ``__main__``, so
+scripts without a main guard, stdin, ``-c``, notebooks and threads all work), which is what
+makes the time limit hard; :func:`grade_in_process` is the same comparison
 without the pool, for code that is already inside a worker.
 
 >>> grade_in_process("so the answer is \\\\boxed{\\\\dfrac{1}{2}}", "0.5").correct
@@ -21,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,14 +37,17 @@ from typing import Literal
 
 from autothink.prompting import extract_boxed
 
-Status = Literal["ok", "no_answer", "unparseable", "timeout"]
+Status = Literal["ok", "no_answer", "unparseable", "timeout", "error"]
 MAX_RESPONSE_CHARS = 200_000
 MAX_ANSWER_CHARS = 1_000
 
 
 @dataclass(frozen=True)
 class GradeResult:
-    correct: bool
+    """``correct`` is True/False for a verdict, None when the grader could not grade
+    (status ``timeout`` or ``error``)."""
+
+    correct: bool | None
     status: Status
     extracted: str | None
     detail: str = ""
@@ -98,6 +109,7 @@ def grade(
             from autothink.grading.pool import GraderPool
 
             _default_pool = GraderPool(workers=1, timeout_s=timeout_s)
+            atexit.register(_default_pool.close)
     return _default_pool.grade(response, ground_truth, timeout_s=timeout_s)
 
 
