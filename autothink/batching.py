@@ -1,4 +1,6 @@
-"""From scored groups to a GRPO training batch (pure: no torch, no Redis).
+"""From scored groups to a GRPO training batch (plain data: no Redis, no network, no tensors).
+
+Importing it loads torch all the same, through :mod:`autothink.grpo`'s advantage function.
 
 The learner reads scored groups (at least once, so possibly twice), keeps the first copy of each
 group id, applies the stage's reward shaping over the whole batch, normalises advantages inside

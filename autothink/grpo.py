@@ -76,7 +76,11 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def low_variance_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """The k3 estimator of KL(policy || reference) per token: exp(d) - d - 1, d = ref - logp ≥ 0."""
+    """The k3 estimator of KL(policy || reference) per token: exp(d) - d - 1 with d = ref - logp.
+
+    d has either sign; the estimate is ≥ 0 for every d (exp(d) ≥ 1 + d), and its mean over tokens
+    sampled from the policy is an unbiased estimate of the KL.  logprobs, ref_logprobs: [B, T].
+    """
     d = ref_logprobs - logprobs
     return torch.exp(d) - d - 1.0
 
