@@ -13,6 +13,7 @@ addressed by index::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -23,9 +24,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autothink.rewards import RepetitionRule, RewardTable
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "AUTOTHINK_"
+_TABLE, _RULE = RewardTable(), RepetitionRule()  # the reference defaults, defined in autothink.rewards
 
 
 class Strict(BaseModel):
@@ -40,17 +44,25 @@ class ModelConfig(Strict):
 
 
 class RewardConfig(Strict):
-    """Base reward table and repetition guard (reference defaults, DESIGN.md §3)."""
+    """Base reward table and repetition guard.  The defaults are the reference implementation's
+    (DESIGN.md §3) and are written once, in :mod:`autothink.rewards`; this section only lets an
+    experiment override them."""
 
-    think_correct: float = 1.0
-    think_wrong: float = 0.0
-    no_think_correct: float = 2.0
-    no_think_wrong: float = -1.0
-    format_error: float = 0.0
-    repetition_penalty: float = -2.0
-    repetition_max_ngram: int = Field(30, ge=1)
-    repetition_min_repeats: int = Field(10, ge=2)
-    repetition_max_unbroken_chars: int = Field(120, ge=1)
+    think_correct: float = _TABLE.think_correct
+    think_wrong: float = _TABLE.think_wrong
+    no_think_correct: float = _TABLE.no_think_correct
+    no_think_wrong: float = _TABLE.no_think_wrong
+    format_error: float = _TABLE.format_error
+    repetition_penalty: float = _TABLE.repetition_penalty
+    repetition_max_ngram: int = Field(_RULE.max_ngram, ge=1)
+    repetition_min_repeats: int = Field(_RULE.min_repeats, ge=2)
+    repetition_max_unbroken_chars: int = Field(_RULE.max_unbroken_chars, ge=1)
+
+    def table(self) -> RewardTable:
+        return RewardTable(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RewardTable)})
+
+    def rule(self) -> RepetitionRule:
+        return RepetitionRule(**{f.name: getattr(self, f"repetition_{f.name}") for f in dataclasses.fields(RepetitionRule)})
 
 
 class StageConfig(Strict):
@@ -110,6 +122,30 @@ class WeightSyncConfig(Strict):
     chunk_bytes: int = Field(4 << 20, ge=1 << 10)
 
 
+class LoggingConfig(Strict):
+    """Where the learner's per-step metrics go besides ``metrics.jsonl`` and Prometheus, and when
+    it warns that training collapsed into one mode.
+
+    The alarm watches what the paper's stage 1 guards against: under plain GRPO the policy drifts
+    into one mode (all no-think, pulled by the +2 no-think reward, or all think) and a mode with no
+    samples gets no advantage and never comes back; batch balance (gamma = 0.5) keeps both alive
+    until stage 2 can reward the right one (arXiv 2505.10832, stage 1)."""
+
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers fed every step (optional extras: pip install "
+        "'autothink-services[tensorboard]' etc.); the policy version is the step axis.")
+    project: str = Field("autothink", description="W&B project / MLflow experiment name (the run is named after `name`).")
+    mlflow_tracking_uri: str = Field("", description="MLflow store; empty: a local file store in output_dir/mlruns.")
+    collapse_epsilon: float = Field(0.05, gt=0, lt=0.5, description=(
+        "A think rate above 1 - epsilon counts as all-think, below epsilon as all-no-think (the collapse stage 1's "
+        "batch balance exists to prevent)."))
+    collapse_steps: int = Field(5, ge=1, description="Consecutive collapsed steps before the alarm rises (k).")
+    collapse_levels: bool = Field(True, description=(
+        "Also watch each difficulty level. In stages 2-3 the easiest level going (almost) all no-think is the "
+        "intended outcome (paper: ~0.95 no-think at level 1), so a level alarm there is a note, the batch one never is."))
+    collapse_min_level_samples: int = Field(8, ge=1, description="A level with fewer samples in a batch is not judged that step.")
+
+
 class RunConfig(Strict):
     """A whole experiment: model, data, stage schedule, optimiser and plumbing."""
 
@@ -125,6 +161,7 @@ class RunConfig(Strict):
     redis: RedisConfig = RedisConfig()
     weights: WeightSyncConfig = WeightSyncConfig()
     output_dir: str = "runs/autothink"
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("stages")
     @classmethod

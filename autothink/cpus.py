@@ -6,7 +6,7 @@ pools oversubscribe the cores and staleness 1 even ran slower than on-policy (0.
 cores, BENCHMARKS.md).
 ``AUTOTHINK_CPUS="0-3,8"`` pins a service process -- and what it starts: the vLLM engine
 process, DeepSpeed ranks, their threads -- to those cores and sizes its thread pools to them.
-Every service reads it at start (services._cli); ``autothink up`` sets it for the rollout service
+Every service reads it at start, through its command-line skeleton; ``autothink up`` sets it for the rollout service
 and the learner when they should overlap (:func:`plan_cpus`).
 """
 

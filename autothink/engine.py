@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-WORKER_EXTENSION = "services.rollout.extension.WeightSyncExtension"
+WORKER_EXTENSION = "autothink.engine_extension.WeightSyncExtension"
 
 
 def engine_kwargs(model: str, max_model_len: int | None = None, enforce_eager: bool = False,

@@ -55,17 +55,9 @@ def score_sample(
     return Score(parsed.mode, format_ok, result.correct, result.status, reward, num_tokens, result.extracted)
 
 
-def reward_table(cfg: Any) -> tuple[RewardTable, RepetitionRule]:
-    """The reward table and repetition rule of a :class:`autothink.config.RewardConfig`."""
-    table = RewardTable(
-        cfg.think_correct, cfg.think_wrong, cfg.no_think_correct, cfg.no_think_wrong, cfg.format_error, cfg.repetition_penalty
-    )
-    rule = RepetitionRule(cfg.repetition_max_ngram, cfg.repetition_min_repeats, cfg.repetition_max_unbroken_chars)
-    return table, rule
-
-
 def score_group(
     texts: Sequence[str], lengths: Sequence[int], strategy: str, ground_truth: Any, grade_fn: GradeFn, cfg: Any
 ) -> list[Score]:
-    table, rule = reward_table(cfg)
+    """Score every response of one group under ``cfg``, a :class:`autothink.config.RewardConfig`."""
+    table, rule = cfg.table(), cfg.rule()
     return [score_sample(t, n, strategy, ground_truth, grade_fn, table, rule) for t, n in zip(texts, lengths)]

@@ -1,10 +1,13 @@
-"""What every service's HTTP face shares: /health and Prometheus /metrics, and a server thread."""
+"""What every service's HTTP face shares: /health and Prometheus /metrics, a server thread, and the
+run loop of a stream consumer (reward, rollout) beside it."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -33,3 +36,34 @@ def serve_in_thread(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     threading.Thread(target=server.run, name="http", daemon=True).start()
     return server
+
+
+class Consumer(Protocol):
+    """A service's worker: ``run()`` loops until ``stop`` is set; ``close()`` frees what it holds."""
+
+    stop: threading.Event
+
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def serve_consumer(name: str, worker: Consumer, app: FastAPI, host: str, port: int) -> int:
+    """Run ``worker`` in the main thread (vLLM's engine wants it) with ``app`` served beside it.
+
+    SIGTERM and SIGINT ask the worker to stop after its current entry.  A worker that dies logs
+    why and the process exits 1: a service must not keep answering /health without its worker.
+    """
+    server = serve_in_thread(app, host, port)
+    stop = lambda *_: worker.stop.set()  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        worker.run()
+        return 0
+    except BaseException:
+        logging.getLogger(f"autothink.{name}").exception("the %s worker stopped", name)
+        return 1
+    finally:
+        server.should_exit = True
+        worker.close()

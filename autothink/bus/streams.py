@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class StreamNames:
-    """Stream names of one run: ``autothink:{run_id}:{prompts|rollouts|scored|dead}``."""
+    """Key names of one run: ``autothink:{run_id}:{prompts|rollouts|scored|dead|published_version}``."""
 
     run_id: str
 
@@ -47,6 +47,10 @@ class StreamNames:
     @property
     def dead(self) -> str:
         return self._name("dead")
+
+    @property
+    def published_version(self) -> str:
+        return self._name("published_version")
 
 
 @dataclass
@@ -159,6 +163,22 @@ class RedisBus:
 
     def length(self, stream: str) -> int:
         return int(self._call(lambda: self.client.xlen(stream)))
+
+    def backlog(self, stream: str, group: str) -> int:
+        """Entries of ``stream`` that ``group`` has not finished: never delivered (lag) plus pending."""
+        for g in self._call(lambda: self.client.xinfo_groups(stream)):
+            if g.get("name") in (group, group.encode()):
+                return int(g.get("lag") or 0) + int(g.get("pending") or 0)
+        return 0
+
+    # -- run-wide markers (one small value per run, beside the streams)
+    def set_published_version(self, version: int) -> None:
+        """Record the newest policy version the learner published (a resumed learner reads it back)."""
+        self._call(lambda: self.client.set(self.names.published_version, version))
+
+    def published_version(self) -> int:
+        """The newest policy version recorded by :meth:`set_published_version`, 0 if none."""
+        return int(self._call(lambda: self.client.get(self.names.published_version)) or 0)
 
     # -- typed helpers
     def publish(self, stream: str, msg: PromptMsg | RolloutGroup | ScoredGroup) -> str:

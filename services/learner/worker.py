@@ -161,7 +161,7 @@ class Learner:
 
     def _publish(self, version: int, state: dict) -> None:
         self.store.publish(version, state)
-        self.bus.client.set(f"autothink:{self.svc.run_id}:published_version", version)
+        self.bus.set_published_version(version)
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint(self) -> None:
@@ -193,7 +193,7 @@ class Learner:
         """Consumers still hold the base model or a version this learner published: hand them the
         checkpoint.  Versions only move forward, so if the crashed learner published past its last
         checkpoint (checkpoint_every > 1), the resumed weights take the next number after those."""
-        seen = int(self.bus.client.get(f"autothink:{self.svc.run_id}:published_version") or 0)
+        seen = self.bus.published_version()
         if seen > self.state["policy_version"]:
             log.warning(
                 "versions %d..%d were published after the last checkpoint and are lost; resuming as version %d",

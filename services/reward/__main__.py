@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,39 +17,15 @@ def main(argv: list[str] | None = None) -> int:
         RewardServiceConfig, "AUTOTHINK_REWARD_", argv,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reward %(levelname)s %(message)s")
-    import uvicorn
     from prometheus_client import CollectorRegistry
 
+    from services._http import serve_consumer
     from services.reward.app import create_app
     from services.reward.worker import RewardWorker
 
     registry = CollectorRegistry()
     worker = RewardWorker(cfg, registry)
-    server = uvicorn.Server(uvicorn.Config(create_app(worker, registry), host=cfg.host, port=cfg.port, log_level="warning"))
-    failed = threading.Event()
-
-    def work() -> None:
-        try:
-            worker.run()
-        except BaseException:
-            logging.getLogger("autothink.reward").exception("the reward worker stopped")
-            failed.set()
-            server.should_exit = True  # the process exits non-zero instead of serving /health without a worker
-
-    thread = threading.Thread(target=work, name="reward-worker", daemon=True)
-    thread.start()
-
-    def stop(*_: object) -> None:
-        worker.stop.set()
-        server.should_exit = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        server.run()
-    finally:
-        worker.close()
-    return 1 if failed.is_set() else 0
+    return serve_consumer("reward", worker, create_app(worker, registry), cfg.host, cfg.port)
 
 
 if __name__ == "__main__":

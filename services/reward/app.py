@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from autothink.scoring import reward_table, score_sample
+from autothink.scoring import score_sample
 from services._http import ops_app
 from services.reward.worker import RewardWorker
 
@@ -36,7 +36,7 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
         return ok, {"consumer": worker.consumer, "replaced_workers": worker.pool.replaced}
 
     app = ops_app("AutoThink reward service", health, registry)
-    table, rule = reward_table(worker.cfg.rewards)
+    table, rule = worker.cfg.rewards.table(), worker.cfg.rewards.rule()
 
     @app.post("/grade", response_model=GradeResponse)
     def grade(req: GradeRequest) -> GradeResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 
@@ -20,25 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rollout %(levelname)s %(message)s")
     from prometheus_client import CollectorRegistry
 
-    from services._http import serve_in_thread
+    from services._http import serve_consumer
     from services.rollout.app import create_app
     from services.rollout.worker import RolloutWorker
 
     registry = CollectorRegistry()
     worker = RolloutWorker(cfg, registry)
-    server = serve_in_thread(create_app(worker, registry), cfg.host, cfg.port)
-
-    def stop(*_: object) -> None:
-        worker.stop.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        worker.run()  # the engine lives in the main thread
-    finally:
-        server.should_exit = True
-        worker.close()
-    return 0
+    return serve_consumer("rollout", worker, create_app(worker, registry), cfg.host, cfg.port)
 
 
 if __name__ == "__main__":

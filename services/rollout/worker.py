@@ -167,12 +167,9 @@ class RolloutWorker:
 
     def queue_lag(self) -> int:
         try:
-            for g in self.bus.client.xinfo_groups(self.bus.names.prompts):
-                if g.get("name") in (GROUP, GROUP.encode()):
-                    return int(g.get("lag") or 0) + int(g.get("pending") or 0)
+            return self.bus.backlog(self.bus.names.prompts, GROUP)
         except Exception:  # metrics must not stop the loop
             return 0
-        return 0
 
     def run(self) -> None:
         self.bus.ensure_group(self.bus.names.prompts, GROUP)

@@ -86,3 +86,15 @@ def test_core_library_imports_without_torch():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reward_defaults_are_defined_once():
+    """The config's reward section takes its defaults from the algorithm's table, field by field."""
+    from autothink.config import RewardConfig
+    from autothink.rewards import RepetitionRule, RewardTable
+
+    assert RewardConfig().table() == RewardTable()
+    assert RewardConfig().rule() == RepetitionRule()
+    custom = RewardConfig(no_think_wrong=-3.0, repetition_min_repeats=5)
+    assert custom.table() == RewardTable(no_think_wrong=-3.0)
+    assert custom.rule() == RepetitionRule(min_repeats=5)
