@@ -93,7 +93,12 @@ class OptimConfig(Strict):
     kl_coef: float = Field(0.0, ge=0)
     epochs: int = Field(2, ge=1, description="Passes over each training batch (PPO epochs).")
     mini_batch_prompts: int = Field(64, ge=1)
-    micro_batch_samples: int = Field(8, ge=1, description="Samples per forward/backward pass.")
+    micro_batch_samples: int = Field(8, ge=1, description="At most this many samples per forward/backward pass.")
+    max_tokens_per_micro_batch: int = Field(
+        32_768, ge=64,
+        description="Token budget of one forward/backward pass, padding included (autothink.packing): micro-batches "
+        "are cut by it, length-aware, the same number on every rank. Memory of a pass grows with it.",
+    )
     grad_clip: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = True
 
@@ -180,6 +185,17 @@ class RunConfig(Strict):
                 raise ValueError(
                     f"stage {s.name!r}: prompts_per_batch={s.prompts_per_batch} is not a multiple of "
                     f"optim.mini_batch_prompts={mb}; a batch must split into whole mini-batches"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _responses_fit_the_token_budget(self) -> RunConfig:
+        budget = self.optim.max_tokens_per_micro_batch
+        for s in self.stages:
+            if s.max_response_tokens > budget:
+                raise ValueError(
+                    f"stage {s.name!r}: max_response_tokens={s.max_response_tokens} exceeds "
+                    f"optim.max_tokens_per_micro_batch={budget}; one response must fit in one micro-batch"
                 )
         return self
 

@@ -102,3 +102,11 @@ def test_one_rank_without_a_budget_is_one_micro_batch():
     assert plan_micro_batches([3, 2, 1]) == [[[0, 1, 2]]]
     with pytest.raises(ValueError):
         plan_micro_batches([1], 0)
+
+
+def test_the_experiment_says_when_a_response_cannot_fit_the_budget():
+    from autothink.config import ConfigError, load_config
+
+    assert load_config("paper").optim.max_tokens_per_micro_batch >= 24_576
+    with pytest.raises(ConfigError, match="max_response_tokens=24576 exceeds optim.max_tokens_per_micro_batch=16384"):
+        load_config("paper", ["optim.max_tokens_per_micro_batch=16384"], environ={})
