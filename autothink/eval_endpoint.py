@@ -68,7 +68,7 @@ class EndpointBackend:
     """Samples through an OpenAI-compatible server; use as an async context manager."""
 
     def __init__(self, url: str, api_key: str = "", model: str | None = None, api: Api = "auto",
-                 concurrency: int = 32, retries: int = 6, timeout_s: float = 3600.0, backoff_s: float = 1.0):
+                 concurrency: int = 32, retries: int = 6, timeout_s: float = 3600.0, backoff_s: float = 1.0, transport: Any = None):
         if concurrency < 1 or retries < 0:
             raise ValueError("concurrency must be >= 1 and retries >= 0")
         self.base = url.rstrip("/")
@@ -76,6 +76,7 @@ class EndpointBackend:
             self.base = self.base[: -len("/v1")]
         self.api_key, self.model, self.api = api_key, model, api
         self.concurrency, self.retries, self.timeout_s, self.backoff_s = concurrency, retries, timeout_s, backoff_s
+        self.transport = transport  # an httpx transport (tests script a server with httpx.MockTransport)
         self.client: Any = None
         self._sem: asyncio.Semaphore | None = None
         self.retried = 0
@@ -89,7 +90,7 @@ class EndpointBackend:
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self.client = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(self.timeout_s, connect=30.0),
+            headers=headers, transport=self.transport, timeout=httpx.Timeout(self.timeout_s, connect=30.0),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
         self._sem = asyncio.Semaphore(self.concurrency)
