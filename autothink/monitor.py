@@ -1,0 +1,169 @@
+"""Watching the think/no-think split while training: the mode-collapse alarm.
+
+Why: the paper's stage 1 exists because plain GRPO on the ellipsis prompt collapses into one mode
+within a few dozen steps — the no-think reward (+2 correct) pulls the whole policy to never
+think, or the accuracy of thinking pulls it to always think — and once a mode is gone the group
+baseline can never bring it back (no samples, no advantage).  Batch balance (gamma = 0.5) keeps
+both alive; later stages remove it and can drift into the same hole.  This module says, from the
+per-step rows the learner logs, when the split has gone: the think rate of the batch (or of one
+difficulty level) stayed above 1 - epsilon or below epsilon for ``patience`` consecutive steps.
+
+Pure: plain dicts in, plain dicts out; no torch, no I/O.
+
+>>> m = CollapseMonitor(epsilon=0.05, patience=3)
+>>> [m.update({"step": k, "think_rate": 0.0}).active for k in range(4)]
+[False, False, True, True]
+>>> m.status().alarms[0].describe()
+'batch: all no-think (think rate 0.00 < 0.05) for 4 steps since step 0'
+>>> m.update({"step": 4, "think_rate": 0.4}).active   # one mixed batch resets the count
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["think", "no_think"]
+BATCH = "batch"
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One series (the batch, or ``level N``) stuck in one mode."""
+
+    scope: str  # "batch" or "level 3"
+    mode: Mode  # the mode everything went to
+    think_rate: float  # in the latest step
+    steps: int  # consecutive steps in that mode
+    since_step: int
+    epsilon: float
+
+    def describe(self) -> str:
+        """
+        >>> Alarm("level 8", "think", 1.0, 5, 12, 0.05).describe()
+        'level 8: all think (think rate 1.00 > 0.95) for 5 steps since step 12'
+        """
+        bound = f"> {1 - self.epsilon:.2f}" if self.mode == "think" else f"< {self.epsilon:.2f}"
+        what = "all think" if self.mode == "think" else "all no-think"
+        return f"{self.scope}: {what} (think rate {self.think_rate:.2f} {bound}) for {self.steps} steps since step {self.since_step}"
+
+
+@dataclass
+class Status:
+    alarms: list[Alarm] = field(default_factory=list)
+    raised: list[Alarm] = field(default_factory=list)  # alarms that started at this step (for a one-time warning)
+    cleared: list[str] = field(default_factory=list)  # scopes whose alarm ended at this step
+
+    @property
+    def active(self) -> bool:
+        return bool(self.alarms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"active": self.active, "alarms": [{**asdict(a), "message": a.describe()} for a in self.alarms]}
+
+
+@dataclass
+class _Run:
+    mode: Mode
+    since_step: int
+    steps: int = 0
+
+
+def think_rates(row: Mapping[str, Any], min_level_samples: int = 1) -> dict[str, float]:
+    """The series one metrics row contributes: the batch's think rate and, per level, 1 - the
+    level's no-think rate.  A level with fewer than ``min_level_samples`` samples in the batch
+    (``samples_by_level``, where the row has it) says too little to count either way.
+
+    >>> think_rates({"think_rate": 0.5, "no_think_rate_by_level": {"1": 0.75, "8": 0.0},
+    ...              "samples_by_level": {"1": 4, "8": 1}}, min_level_samples=2)
+    {'batch': 0.5, 'level 1': 0.25}
+    """
+    out = {BATCH: float(row["think_rate"])}
+    counts = row.get("samples_by_level") or {}
+    for level, no_think in (row.get("no_think_rate_by_level") or {}).items():
+        if counts and counts.get(level, 0) < min_level_samples:
+            continue
+        out[f"level {level}"] = round(1.0 - float(no_think), 6)
+    return out
+
+
+class CollapseMonitor:
+    """A small state machine per series: how many steps in a row its think rate sat in one mode.
+
+    ``epsilon``: a think rate above 1 - epsilon counts as all-think, below epsilon as all-no-think.
+    ``patience``: the alarm rises when a series stays there this many consecutive steps, and
+    clears at the first step back inside.  ``levels=False`` watches the batch only.
+    """
+
+    def __init__(self, epsilon: float = 0.05, patience: int = 5, levels: bool = True, min_level_samples: int = 1):
+        if not 0 < epsilon < 0.5:
+            raise ValueError(f"epsilon must be in (0, 0.5), got {epsilon}")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.epsilon, self.patience, self.levels, self.min_level_samples = epsilon, patience, levels, min_level_samples
+        self._runs: dict[str, _Run] = {}
+        self._last: dict[str, float] = {}
+
+    def _mode(self, rate: float) -> Mode | None:
+        if rate > 1 - self.epsilon:
+            return "think"
+        if rate < self.epsilon:
+            return "no_think"
+        return None
+
+    def update(self, row: Mapping[str, Any]) -> Status:
+        """Feed one step's metrics row (needs ``step`` and ``think_rate``)."""
+        before = {s for s, r in self._runs.items() if r.steps >= self.patience}
+        rates = think_rates(row, self.min_level_samples)
+        if not self.levels:
+            rates = {BATCH: rates[BATCH]}
+        step = int(row["step"])
+        for scope, rate in rates.items():
+            mode = self._mode(rate)
+            run = self._runs.get(scope)
+            if mode is None:
+                self._runs.pop(scope, None)
+            elif run is None or run.mode != mode:
+                self._runs[scope] = _Run(mode, step, 1)
+            else:
+                run.steps += 1
+            self._last[scope] = rate
+        status = self.status()
+        status.raised = [a for a in status.alarms if a.scope not in before]
+        status.cleared = sorted(before - {a.scope for a in status.alarms})
+        return status
+
+    def status(self) -> Status:
+        alarms = [Alarm(scope, r.mode, self._last[scope], r.steps, r.since_step, self.epsilon)
+                  for scope, r in self._runs.items() if r.steps >= self.patience]
+        alarms.sort(key=lambda a: (a.scope != BATCH, a.scope))
+        return Status(alarms)
+
+    def replay(self, rows: Iterable[Mapping[str, Any]]) -> Status:
+        """Feed rows already logged (a resumed run) and return the state after the last."""
+        status = self.status()
+        for row in rows:
+            status = self.update(row)
+        return status
+
+
+def mode_stats(samples: Iterable[Any]) -> dict[str, Any]:
+    """Accuracy by mode and samples per level of a training batch (objects with ``think``,
+    ``correct`` and ``level``) — what the dashboard plots beside the think rate.
+
+    >>> from types import SimpleNamespace as S
+    >>> mode_stats([S(think=True, correct=True, level=1), S(think=True, correct=False, level=2),
+    ...             S(think=False, correct=True, level=2)])
+    {'accuracy_think': 0.5, 'accuracy_no_think': 1.0, 'samples_by_level': {'1': 1, '2': 2}}
+    """
+    think, direct, levels = [], [], {}
+    for s in samples:
+        (think if s.think else direct).append(bool(s.correct))
+        levels[str(s.level)] = levels.get(str(s.level), 0) + 1
+    return {
+        "accuracy_think": sum(think) / len(think) if think else None,
+        "accuracy_no_think": sum(direct) / len(direct) if direct else None,
+        "samples_by_level": dict(sorted(levels.items())),
+    }
