@@ -435,7 +435,7 @@ async def run_resumable(
                                                    "(the benchmark file changed); choose another --out")
         if total > len(todo):
             log(f"resuming: {total - len(todo)} of {total} samples are already in {Path(out) / 'samples'}")
-        bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="sample", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="sample", disable=None if progress else True, dynamic_ncols=True)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(bench: str, strategy: Strategy, pos: int, j: int) -> None:
@@ -482,3 +482,53 @@ def fit_problems(benchmarks: dict[str, list[dict[str, Any]]], room: int, prompt_
             log(f"{bench}: skipping {len(problems) - len(fits)} problems whose prompt is longer than {room} tokens (max_model_len - max_tokens)")
         out[bench] = fits
     return out
+
+
+def evaluate_benchmarks(
+    benchmarks: dict[str, list[dict[str, Any]]],
+    strategies: Sequence[Strategy],
+    samples: int,
+    sampling: SamplingSettings,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    endpoint: str | None = None,
+    api_key: str = "",
+    api: str = "auto",
+    max_model_len: int | None = None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+    concurrency: int | None = None,
+    retries: int = 6,
+    grade: Grade = safe_grade,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[dict[str, list[Scored]], str]:
+    """``autothink eval``: sample and grade every benchmark under every strategy, resumably, with a
+    local vLLM engine (``model`` a folder) or through an OpenAI-compatible ``endpoint`` (``model``
+    the served name, or None for the first one).  Returns the graded samples per strategy and the
+    identity of the model evaluated."""
+    import asyncio
+
+    from autothink.eval_endpoint import EndpointBackend
+
+    async def main() -> tuple[dict[str, list[Scored]], str]:
+        nonlocal benchmarks
+        if endpoint:
+            backend: Any = EndpointBackend(endpoint, api_key, model, api, concurrency or 32, retries)  # type: ignore[arg-type]
+        else:
+            assert model is not None and max_model_len is not None
+            backend = LocalBackend(model, max_model_len, tensor_parallel_size, data_parallel_size, seed=sampling.seed)
+        async with backend:
+            if not endpoint:
+                room = max_model_len - sampling.max_tokens  # type: ignore[operator]
+                benchmarks = fit_problems(benchmarks, room, lambda text: max(backend.prompt_tokens(text, s) for s in strategies), log)
+            else:
+                log(f"endpoint {backend.base}: model {backend.model!r} through {'chat (chat_template_kwargs.thinking)' if backend.api == 'chat' else 'raw completions of the rendered prompt'}")
+            results = await run_resumable(backend, benchmarks, strategies, samples, sampling, out, grade,
+                                          concurrency or (32 if endpoint else 1024), progress, log)
+            if endpoint and backend.retried:
+                log(f"{backend.retried} requests were retried")
+            return results, backend.identity
+
+    return asyncio.run(main())

@@ -156,6 +156,32 @@ def _paired(a: dict[str, dict[Any, list[Scored]]], b: dict[str, dict[Any, list[S
     return {"difference": d, "ci": [lo, hi], "inside_noise": S.inside_noise((lo, hi))}
 
 
+#: row labels of the three prompts in ``autothink eval``
+PROMPT_LABELS = {"standard": BASELINE, "no_think": NO_THINK, "ellipsis": "ellipsis prompt"}
+
+
+def is_r1_distill_1_5b(*names: str | None) -> bool:
+    """Whether the evaluated model is the paper's DeepSeek-R1-Distill-Qwen-1.5B (by path, served name or
+    the ``_name_or_path`` of its config), so that the paper's Table 1 rows are shown beside ours.
+
+    >>> is_r1_distill_1_5b("/models/DeepSeek-R1-Distill-Qwen-1.5B"), is_r1_distill_1_5b("autothink", ".cache/toy-model")
+    (True, False)
+    """
+    return any(n and "r1-distill-qwen-1.5b" in n.lower() for n in names)
+
+
+def benchmark_report(results: dict[str, list[Scored]], title: str, subtitle: str, settings: dict[str, Any],
+                     paper_reference: bool = False, rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The report of ``autothink eval``: one row per prompt, benchmarks averaged as in the paper,
+    think rate per MATH500 level, and the paper's Table 1 rows when asked."""
+    rows = table({PROMPT_LABELS.get(k, k): v for k, v in results.items()}, lambda s: str(s.group), average="groups", rounds=rounds, seed=seed)
+    report: dict[str, Any] = {"title": title, "subtitle": subtitle, "rows": rows, "average": "groups", "settings": settings,
+                              "levels_title": "Think rate per MATH500 level"}
+    if paper_reference:
+        report["paper_reference"] = S.paper_reference_rows()
+    return report
+
+
 def _level_key(level: str) -> tuple[int, Any]:
     return (0, int(level)) if level.lstrip("-").isdigit() else (1, level)
 

@@ -326,14 +326,25 @@ def _report(run, stack, out, per_level: int, samples: int, elapsed: float):  # t
 
 
 def _print_table(rows: list, report: dict) -> None:
+    """The report's main table on the terminal: accuracy % and tokens per group, the overall
+    accuracy with its 95 % bootstrap interval (~: inside the noise of the standard prompt's), think
+    rate and the paper's E-F1; then the paper's Table 1 rows when the report has them."""
     groups = list(rows[0]["groups"])
-    head = f"{'method':30s}" + "".join(f"{g:>22s}" for g in groups) + f"{'overall':>16s}{'think':>7s}{'E-F1':>7s}"
+    head = f"{'method':30s}" + "".join(f"{g:>22s}" for g in groups) + f"{'overall':>30s}{'think':>7s}{'E-F1':>7s}"
     typer.echo("\n" + head)
-    typer.echo(f"{'':30s}" + "".join(f"{'acc':>11s}{'tokens':>11s}" for _ in groups) + f"{'acc':>8s}{'tokens':>8s}")
+    typer.echo(f"{'':30s}" + "".join(f"{'acc':>11s}{'tokens':>11s}" for _ in groups) + f"{'acc [95% CI]':>22s}{'tokens':>8s}")
     for r in rows:
-        cells = "".join(f"{r['groups'][g]['accuracy'] * 100:>11.1f}{r['groups'][g]['mean_tokens']:>11.1f}" for g in groups)
-        ef1 = "-" if r["e_f1"] is None else f"{r['e_f1']:.3f}"
-        typer.echo(f"{r['method']:30s}{cells}{r['accuracy'] * 100:>8.1f}{r['mean_tokens']:>8.1f}{r['think_rate']:>7.2f}{ef1:>7s}")
+        cells = "".join(f"{r['groups'][g]['accuracy'] * 100:>11.1f}{r['groups'][g]['mean_tokens']:>11.1f}" if g in r["groups"] else f"{'-':>11s}{'-':>11s}"
+                        for g in groups)
+        ci = r.get("accuracy_ci")
+        acc = f"{r['accuracy'] * 100:.1f}" + (f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else "")
+        acc += " ~" if (r.get("vs_baseline") or {}).get("inside_noise") else "  "
+        ef1 = "-" if r["e_f1"] is None else f"{r['e_f1']:.1f}"
+        typer.echo(f"{r['method']:30s}{cells}{acc:>22s}{r['mean_tokens']:>8.1f}{r['think_rate']:>7.2f}{ef1:>7s}")
+    for ref in report.get("paper_reference") or []:
+        ef1 = "-" if ref["e_f1"] is None else f"{ref['e_f1']:.1f}"
+        typer.echo(f"{'paper: ' + ref['method']:30s}" + " " * 22 * len(groups) + f"{ref['accuracy']:>20.1f}  {ref['tokens']:>8d}{'':>7s}{ef1:>7s}")
+    typer.echo("E-F1: the paper's (gains normalised by the standard - no-thinking gap, x100); ~: difference from the standard prompt inside the noise")
     tr = report.get("think_rate_by_level") or {}
     if not tr.get("before") or not tr.get("after"):
         return
@@ -347,25 +358,44 @@ def _print_table(rows: list, report: dict) -> None:
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Option(help="Local Hugging Face model folder.")],
     data_dir: Annotated[str, typer.Option(help="Folder with the benchmark files (math.json, aime.json, amc.json, minerva.json, olympiad_bench.json).")],
+    model: Annotated[Optional[str], typer.Option(
+        help="Local Hugging Face model folder; with --endpoint, the served model name (default: the server's first).")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(
+        help="Evaluate an OpenAI-compatible server instead of a local folder, e.g. http://127.0.0.1:8000 (this project's gateway: "
+             "the prompt is chosen by chat_template_kwargs.thinking; other servers: raw /v1/completions of the rendered prompt).")] = None,
+    api_key: Annotated[str, typer.Option(help="Bearer key for --endpoint.")] = "",
+    api: Annotated[str, typer.Option(help="With --endpoint: auto (chat for this project's gateway, else completions), chat or completions.")] = "auto",
     benchmarks: Annotated[str, typer.Option(help="Comma-separated: math500,aime24,amc23,minerva,olympiadbench.")] = "math500,aime24,amc23,minerva,olympiadbench",
     prompts: Annotated[str, typer.Option(help="Comma-separated prompting strategies: standard,no_think,ellipsis.")] = "standard,no_think,ellipsis",
-    samples: Annotated[int, typer.Option(help="Samples per problem.")] = 8,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.6,
-    max_tokens: Annotated[int, typer.Option(help="Most response tokens.")] = 16384,
-    max_model_len: Annotated[Optional[int], typer.Option(help="Engine context (default: max_tokens + 2048).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per problem (the paper: 16; 8 is a cheaper choice).")] = 16,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (the paper: 0.6).")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling top-p (the paper: 0.95).")] = 0.95,
+    max_tokens: Annotated[int, typer.Option(help="Most response tokens, up to the model's context (the paper: 32768).")] = 32768,
+    max_model_len: Annotated[Optional[int], typer.Option(help="Local engine context (default: max_tokens + 2048, or what the model allows).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per engine (vLLM tensor parallelism).")] = 1,
+    data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", "-dp", help="Engine replicas (vLLM data parallelism); uses tp x dp GPUs.")] = 1,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (default: 32 to an endpoint, 1024 to the local engine).")] = None,
+    retries: Annotated[int, typer.Option(help="With --endpoint: retries of a failed request (connection errors, 408, 429, 5xx).")] = 6,
+    seed: Annotated[int, typer.Option(help="Base seed: sample j of problem i always gets the same seed, so reruns resume exactly.")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N problems of each benchmark.")] = None,
-    out: Annotated[str, typer.Option(help="Report folder.")] = "reports/eval",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the 95 % intervals (seeded by --seed).")] = 1000,
+    out: Annotated[str, typer.Option(help="Report folder; OUT/samples/ keeps every graded sample (rerun to resume).")] = "reports/eval",
+    progress: Annotated[bool, typer.Option(help="Progress bar (on a terminal).")] = True,
 ) -> None:
-    """The paper's evaluation of a model folder on math benchmarks under each prompt.
+    """The paper's evaluation: benchmarks x prompts x samples, graded by the sandboxed grader.
 
-    8 samples per problem at temperature 0.6 by default, graded by the sandboxed grader; writes
-    report.json and report.md."""
+    Defaults are the paper's (16 samples, temperature 0.6, top-p 0.95, 32768 tokens).  Each graded
+    sample is appended to OUT/samples/BENCHMARK.PROMPT.jsonl with the settings that made it: rerun
+    the same command to resume after a crash; other settings are refused rather than mixed.
+    Writes report.json and report.md: accuracy with 95 % bootstrap intervals (differences from the
+    standard prompt inside the noise marked ~), pass@k, think rate per benchmark and MATH500 level,
+    tokens by mode, the paper's E-F1, and the paper's Table 1 rows for R1-Distill-Qwen-1.5B."""
     from pathlib import Path
 
     from autothink import report as R
-    from autothink.evaluation import RowSpec, evaluate, load_benchmarks, safe_grade
+    from autothink.eval_store import SettingsMismatch
+    from autothink.evaluation import SamplingSettings, check_parallel, evaluate_benchmarks, load_benchmarks
     from autothink.prompting import STRATEGIES
 
     names = [b.strip() for b in benchmarks.split(",") if b.strip()]
@@ -373,36 +403,59 @@ def eval_(
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         _fail(f"unknown prompt(s) {bad}; choose from {', '.join(STRATEGIES)}")
-    if not (Path(model) / "config.json").is_file():
-        _fail(f"{model} is not a Hugging Face model folder (no config.json)")
-    try:
-        problems = load_benchmarks(data_dir, names, limit)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
-    labels = {"standard": "standard prompt", "no_think": "no-thinking prompt", "ellipsis": "ellipsis prompt"}
-    specs = [RowSpec(labels[s], str(Path(model).resolve()), s) for s in strategies]  # type: ignore[arg-type]
-    typer.echo(f"{len(problems)} problems from {', '.join(names)} x {samples} samples x {len(specs)} prompts", err=True)
-    if max_model_len is None:
+    if api not in ("auto", "chat", "completions"):
+        _fail(f"--api {api!r}: choose auto, chat or completions")
+    if samples < 1 or max_tokens < 1 or not 0 < top_p <= 1 or temperature < 0:
+        _fail("--samples and --max-tokens must be >= 1, --top-p in (0, 1], --temperature >= 0")
+    if endpoint is None:
+        if model is None or not (Path(model) / "config.json").is_file():
+            _fail(f"--model {model} is not a Hugging Face model folder (no config.json); or give --endpoint URL")
+        try:
+            check_parallel(tensor_parallel_size, data_parallel_size)
+        except ValueError as e:
+            _fail(str(e))
         from autothink.engine import context_length
 
-        max_model_len = context_length(model, max_tokens + 2048)
-    if max_tokens >= max_model_len:
-        _fail(f"--max-tokens {max_tokens} leaves no room for a prompt in a context of {max_model_len}")
-    scored = evaluate(specs, problems, samples, temperature, max_tokens, safe_grade, max_model_len, log=lambda m: typer.echo(m, err=True))
-    rows = R.table(scored, lambda s: str(s.group))
-    report = {
-        "title": f"Evaluation of {model}",
-        "subtitle": f"{', '.join(names)}; {samples} samples per problem, temperature {temperature}, max {max_tokens} tokens"
-                    + (f"; first {limit} problems of each" if limit else ""),
-        "rows": rows,
-        "settings": {"model": model, "benchmarks": names, "prompts": strategies, "samples": samples, "temperature": temperature,
-                     "max_tokens": max_tokens, "limit": limit},
-    }
-    by = {r["method"]: r for r in rows}
-    if "ellipsis prompt" in by and any(by["ellipsis prompt"]["by_level"].values()):
-        report["think_rate_by_level"] = {"before": R.think_by_level(by["ellipsis prompt"]), "after": {}}
+        allowed = context_length(model, 1 << 30)  # type: ignore[arg-type]
+        if max_model_len is None:
+            max_model_len = min(allowed, max_tokens + 2048)
+        if max_tokens >= max_model_len:
+            _fail(f"--max-tokens {max_tokens} leaves no room for a prompt in a context of {max_model_len} (the model allows {allowed})")
+    elif tensor_parallel_size != 1 or data_parallel_size != 1:
+        _fail("--tensor-parallel-size and --data-parallel-size apply to a local model; the server at --endpoint has its own")
+    try:
+        loaded = load_benchmarks(data_dir, names, limit)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    problems = {n: [p for p in loaded if p["group"] == n] for n in names}
+    typer.echo(f"{len(loaded)} problems from {', '.join(names)} x {samples} samples x {len(strategies)} prompts", err=True)
+    sampling = SamplingSettings(temperature, top_p, max_tokens, seed)
+    try:
+        results, identity = evaluate_benchmarks(
+            problems, strategies, samples, sampling, out, model=model, endpoint=endpoint, api_key=api_key, api=api,  # type: ignore[arg-type]
+            max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+            concurrency=concurrency, retries=retries, progress=progress, log=lambda m: typer.echo(m, err=True))
+    except SettingsMismatch as e:
+        _fail(str(e))
+    except RuntimeError as e:  # an endpoint that refused or kept failing; what was graded is kept
+        _fail(f"{e} (the samples graded so far are kept in {Path(out) / 'samples'}; rerun to resume)")
+    name_or_path = ""
+    if endpoint is None:
+        try:
+            name_or_path = json.loads((Path(model) / "config.json").read_text()).get("_name_or_path", "")  # type: ignore[arg-type]
+        except (OSError, ValueError):
+            pass
+    settings = {"model": identity, "benchmarks": names, "prompts": strategies, "samples": samples, "temperature": temperature,
+                "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "limit": limit,
+                "problems": {n: len(p) for n, p in problems.items()}, "tensor_parallel_size": tensor_parallel_size,
+                "data_parallel_size": data_parallel_size}
+    report = R.benchmark_report(
+        results, f"Evaluation of {model if endpoint is None else identity}",
+        f"{', '.join(names)}; {samples} samples per problem, temperature {temperature}, top-p {top_p}, max {max_tokens} tokens"
+        + (f"; first {limit} problems of each" if limit else ""),
+        settings, paper_reference=R.is_r1_distill_1_5b(model, identity, name_or_path), rounds=bootstrap, seed=seed)
     R.write(report, Path(out))
-    _print_table(rows, report)
+    _print_table(report["rows"], report)
     typer.echo(f"\nreport: {Path(out).resolve()}")
 
 
