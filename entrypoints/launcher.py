@@ -267,6 +267,7 @@ def train(run: RunConfig, opts: UpOptions, progress: Callable[[dict[str, Any]], 
         }, f"http://127.0.0.1:{learner_port}/health"))
         training.insert(0, learner)
         sup.wait_ready([learner])
+        sup.write(f"dashboard: http://127.0.0.1:{learner_port}/dashboard (live while training; think rate by level, mode-collapse alarm)")
 
         status: dict[str, Any] = {}
         while True:

@@ -43,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     finished = threading.Event()
     if learner.rank == 0:
-        server = serve_in_thread(
-            ops_app("AutoThink learner", lambda: (True, {
-                "step": learner.state["step"], "steps": len(learner.steps), "policy_version": learner.state["policy_version"],
-                "finished": finished.is_set()}), registry),
-            svc.host, svc.metrics_port,
-        )
+        from services.learner.dashboard import add_dashboard, learner_data
+
+        app = ops_app("AutoThink learner", lambda: (True, {
+            "step": learner.state["step"], "steps": len(learner.steps), "policy_version": learner.state["policy_version"],
+            "finished": finished.is_set()}), registry)
+        add_dashboard(app, lambda: learner_data(learner, finished.is_set()))  # GET /dashboard: the live page
+        server = serve_in_thread(app, svc.host, svc.metrics_port)
     try:
         learner.run(svc.max_steps)
         finished.set()

@@ -66,6 +66,9 @@ class Learner:
             self.buffer: dict[int, list[tuple[str, ScoredGroup]]] = {}
             self.fed: set[int] = set()
             self.out.mkdir(parents=True, exist_ok=True)
+            from services.learner.tracking import RunWatch  # trackers, collapse alarm, dashboard data
+
+            self.watch = RunWatch(run, reg, self.out / "metrics.jsonl", len(self.steps))
 
     # ---------------------------------------------------------------- data in
     def feed(self, step: PlannedStep) -> None:
@@ -150,6 +153,7 @@ class Learner:
                 "group_ids": [g.group_id for g in groups],  # what this update trained on (fault tests count them)
             }
             if self.rank == 0:
+                self.watch.record(row, batch)  # adds accuracy by mode and the alarm; feeds trackers
                 with (self.out / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 self.g_step.set(k + 1)
@@ -204,5 +208,6 @@ class Learner:
 
     def close(self) -> None:
         if self.rank == 0:
+            self.watch.close()
             self.store.close()
             self.server.stop(grace=1).wait()
