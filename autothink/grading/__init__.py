@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from autothink.prompting import extract_boxed
+from autothink.grading.extract import final_answers
 
 Status = Literal["ok", "no_answer", "unparseable", "timeout", "error"]
 MAX_RESPONSE_CHARS = 200_000
@@ -78,12 +78,14 @@ def grade_in_process(response: str, ground_truth: str | int | float | Sequence[s
         return GradeResult(False, "unparseable", None, f"response is {type(response).__name__}, not text")
     if len(response) > MAX_RESPONSE_CHARS:
         return GradeResult(False, "unparseable", None, f"response longer than {MAX_RESPONSE_CHARS} characters")
-    answer = extract_boxed(response)
+    joined, answer = final_answers(response)
     if answer is None:
         return GradeResult(False, "no_answer", None)
     truths = _truths(ground_truth)
     if not truths or all(t == "" for t in truths):
         return GradeResult(False, "unparseable", answer, "ground truth is empty")
+    if joined is not None and len(joined) <= MAX_ANSWER_CHARS and _compare_cached(joined.strip(), truths)[0]:
+        return GradeResult(True, "ok", joined)  # several boxes that form one list of solutions
     if len(answer) > MAX_ANSWER_CHARS:
         return GradeResult(False, "unparseable", answer[:100], f"answer longer than {MAX_ANSWER_CHARS} characters")
     equal, unreadable = _compare_cached(answer.strip(), truths)

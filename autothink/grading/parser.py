@@ -34,7 +34,10 @@ class ParseError(ValueError):
 _GREEK = {
     "alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "phi", "omega", "tau", "rho", "psi",
 }
-_FUNCS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "ln": sympy.log, "log": sympy.log, "exp": sympy.exp}
+_FUNCS = {
+    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "sec": sympy.sec, "csc": sympy.csc, "cot": sympy.cot,
+    "ln": sympy.log, "log": sympy.log, "exp": sympy.exp,
+}
 
 _TOKEN = re.compile(
     r"""

@@ -53,6 +53,13 @@ EQUIVALENT = [
     ("\\frac{x}{2}", "0.5x"), ("\\sin^2 x + \\cos^2 x", "1"),
     # words
     ("\\text{Evelyn}", "\\text{Evelyn}"), ("Evelyn", "\\text{Evelyn}"),
+    # second pass (issue #20): relations, chains, labels, lists, comma decimals, \cfrac, trig identities
+    ("5 \\geq x", "x \\leq 5"), ("-x > -1", "x < 1"), ("y=-\\frac{1}{2}x+\\frac{3}{4}", "2x+4y-3=0"),
+    ("-2 \\le x \\le 7", "x \\in [-2,7]"), ("x > 3", "(3, \\infty)"), ("x = 5+5+1 = 11", "11"),
+    ("(p,q)=(3,2)", "(3,2)"), ("|AB|=1", "1"), ("a_{37} = 19, a_3 = 2", "a_3 = 2, a_{37} = 19"),
+    ("\\cfrac{1}{3}", "1/3"), ("(0;-2;6), (4;0;0)", "(4, 0, 0), (0, -2, 6)"), ("\\{-2, 1\\}", "-2; 1"),
+    ("6 \\text{ and } 8", "6, 8"), ("\\sec^2 y", "\\tan^2 y + 1"), ("1,22", "1.22"), ("0,111", "0.111"),
+    ("\\pm 2021", "-2021, 2021"), ("0.0833333333333333", "\\frac{1}{12}"), ("11,\\! 111", "11111"),
 ]
 
 DIFFERENT = [
@@ -76,6 +83,11 @@ DIFFERENT = [
     ("\\infty", "-\\infty"),
     # undefined values (log(0)*0 is nan) equal nothing, and do not raise (found by the fuzz test)
     ("\\log(0)*0", "1"), ("1", "\\log(0) \\cdot 0"), ("\\log(0)*0", "0"),
+    # second pass: still exact, and relations keep their direction and strictness
+    ("x < 5", "x > 5"), ("x \\leq 5", "x < 5"), ("x \\geq 5", "x \\leq 5"), ("7 = 11a+c", "11a+c"), ("a + 3z = 0", "0"),
+    ("(p,q)=(3,2)", "(2,3)"), ("a_3 = 19, a_{37} = 2", "a_3 = 2, a_{37} = 19"), ("1,220", "1.22"), ("32, 349", "32349"),
+    ("3.14159265358979", "\\pi"), ("0.33333", "\\frac{1}{3}"), ("\\pm 2021", "2021"), ("(3,1)", "1, 3"),
+    ("(12,102)", "12102"), ("x \\in [-2,7]", "y \\in [-2,7]"),
 ]
 
 
@@ -112,6 +124,14 @@ def test_statuses_and_extraction():
     assert (r.correct, r.status) == (False, "unparseable")
     assert grade_in_process("\\boxed{5}", "").status == "unparseable"
     assert grade_in_process(None, "5").status == "unparseable"
+
+
+def test_several_boxes_form_one_list_only_when_joined():
+    r = grade_in_process("so \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. <|im_start|>user \\boxed", "1, -2")
+    assert (r.correct, r.extracted) == (True, "-2, 1")
+    assert grade_in_process("\\boxed{(2, 2)}, \\boxed{(6, 2)}", "(6, 2), (2, 2)").correct
+    assert not grade_in_process("\\boxed{1} no no no no no \\boxed{2}", "1, 2").correct
+    assert grade_in_process("x = \\boxed{3} and y = \\boxed{4}", "4").correct  # the last box alone, as before
 
 
 DANGEROUS = [
