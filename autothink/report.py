@@ -171,15 +171,45 @@ def is_r1_distill_1_5b(*names: str | None) -> bool:
 
 
 def benchmark_report(results: dict[str, list[Scored]], title: str, subtitle: str, settings: dict[str, Any],
-                     paper_reference: bool = False, rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
+                     paper_reference: bool = False, rounds: int = 1000, seed: int = 0, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of ``autothink eval``: one row per prompt, benchmarks averaged as in the paper,
-    think rate per MATH500 level, and the paper's Table 1 rows when asked."""
+    think rate per MATH500 level, and the paper's Table 1 rows when asked.  ``baseline``: the
+    report of another run (the base model) whose standard and no-thinking rows give the E-F1 of
+    this run's rows when it has none of its own (e.g. a trained checkpoint under the ellipsis
+    prompt only)."""
     rows = table({PROMPT_LABELS.get(k, k): v for k, v in results.items()}, lambda s: str(s.group), average="groups", rounds=rounds, seed=seed)
     report: dict[str, Any] = {"title": title, "subtitle": subtitle, "rows": rows, "average": "groups", "settings": settings,
                               "levels_title": "Think rate per MATH500 level"}
+    if baseline is not None:
+        report["rows"] = with_baseline(rows, baseline)
+        report["baseline"] = baseline.get("settings", {}).get("model")
     if paper_reference:
         report["paper_reference"] = S.paper_reference_rows()
     return report
+
+
+def with_baseline(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` with the E-F1 taken against the standard and no-thinking rows of another report,
+    which come first, marked ``(baseline)``.  Rows of this run's own prompts are kept as they are.
+
+    >>> base = {"rows": [{"method": "standard prompt", "accuracy": 0.486, "mean_tokens": 10633, "groups": {}},
+    ...                  {"method": "no-thinking prompt", "accuracy": 0.375, "mean_tokens": 2528, "groups": {}}]}
+    >>> ours = [{"method": "ellipsis prompt", "accuracy": 0.517, "mean_tokens": 5108, "e_f1": None}]
+    >>> [(r["method"], r["e_f1"]) for r in with_baseline(ours, base)][-1]
+    ('ellipsis prompt', 39.6)
+    """
+    names = {r["method"] for r in rows}
+    if BASELINE in names and NO_THINK in names:
+        return rows
+    by = {r["method"]: r for r in baseline.get("rows", [])}
+    if BASELINE not in by or NO_THINK not in by:
+        raise ValueError("the baseline report has no standard-prompt and no-thinking-prompt rows")
+    std, no = by[BASELINE], by[NO_THINK]
+    out = [{**r, "method": f"{r['method']} (baseline)", "e_f1": 0.0 if r is std else None, "vs_baseline": None} for r in (std, no)]
+    for r in rows:
+        ef1 = S.paper_e_f1(r["accuracy"], r["mean_tokens"], std["accuracy"], std["mean_tokens"], no["accuracy"], no["mean_tokens"])
+        out.append({**r, "e_f1": None if ef1 is None else round(ef1, 1)})
+    return out
 
 
 def _level_key(level: str) -> tuple[int, Any]:

@@ -381,6 +381,9 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N problems of each benchmark.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the 95 % intervals (seeded by --seed).")] = 1000,
     out: Annotated[str, typer.Option(help="Report folder; OUT/samples/ keeps every graded sample (rerun to resume).")] = "reports/eval",
+    baseline: Annotated[Optional[str], typer.Option(
+        help="Report folder of another run (the base model under standard,no_think) whose rows give E-F1 here, "
+             "e.g. for a trained checkpoint evaluated with --prompts ellipsis.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar (on a terminal).")] = True,
 ) -> None:
     """The paper's evaluation: benchmarks x prompts x samples, graded by the sandboxed grader.
@@ -423,6 +426,14 @@ def eval_(
             _fail(f"--max-tokens {max_tokens} leaves no room for a prompt in a context of {max_model_len} (the model allows {allowed})")
     elif tensor_parallel_size != 1 or data_parallel_size != 1:
         _fail("--tensor-parallel-size and --data-parallel-size apply to a local model; the server at --endpoint has its own")
+    base_report = None
+    if baseline is not None:
+        try:
+            base_report = json.loads((Path(baseline) / "report.json").read_text())
+        except (OSError, ValueError) as e:
+            _fail(f"--baseline {baseline}: no readable report.json ({e})")
+        if not {R.BASELINE, R.NO_THINK} <= {r.get("method") for r in base_report.get("rows", [])}:  # type: ignore[union-attr]
+            _fail(f"--baseline {baseline}: its report has no '{R.BASELINE}' and '{R.NO_THINK}' rows (evaluate with --prompts standard,no_think)")
     try:
         loaded = load_benchmarks(data_dir, names, limit)
     except (ValueError, FileNotFoundError) as e:
@@ -453,7 +464,7 @@ def eval_(
         results, f"Evaluation of {model if endpoint is None else identity}",
         f"{', '.join(names)}; {samples} samples per problem, temperature {temperature}, top-p {top_p}, max {max_tokens} tokens"
         + (f"; first {limit} problems of each" if limit else ""),
-        settings, paper_reference=R.is_r1_distill_1_5b(model, identity, name_or_path), rounds=bootstrap, seed=seed)
+        settings, paper_reference=R.is_r1_distill_1_5b(model, identity, name_or_path), rounds=bootstrap, seed=seed, baseline=base_report)
     R.write(report, Path(out))
     _print_table(report["rows"], report)
     typer.echo(f"\nreport: {Path(out).resolve()}")
