@@ -46,6 +46,9 @@ class Learner:
         self.g_reward = Gauge("autothink_learner_reward", "Mean shaped reward of the last batch", registry=reg)
         self.g_think = Gauge("autothink_learner_think_rate", "Think rate of the last batch", registry=reg)
         self.g_acc = Gauge("autothink_learner_accuracy", "Accuracy of the last batch", registry=reg)
+        self.g_padding = Gauge("autothink_learner_padding_fraction", "Share of computed tokens that were padding, last step", registry=reg)
+        self.g_tokens_s = Gauge("autothink_learner_tokens_per_second", "Prompt + response tokens trained per second, last step", registry=reg)
+        self.g_peak = Gauge("autothink_learner_peak_memory_bytes", "Peak memory of the last step (GPU allocator, or process RSS on CPU), busiest rank", registry=reg)
         if svc.resume:
             self._resume()
         if self.rank == 0:
@@ -161,6 +164,9 @@ class Learner:
                 self.g_reward.set(row["reward_shaped"])
                 self.g_think.set(row["think_rate"])
                 self.g_acc.set(row["accuracy"])
+                self.g_padding.set(row["padding_fraction"])  # these three arrive in the trainer's stats
+                self.g_tokens_s.set(row["tokens_per_s"])
+                self.g_peak.set(row["peak_memory_bytes"])
                 bar.set_postfix(stage=step.stage.name, reward=f"{row['reward_shaped']:.2f}", think=f"{row['think_rate']:.2f}", acc=f"{row['accuracy']:.2f}")
 
     def _publish(self, version: int, state: dict) -> None:
