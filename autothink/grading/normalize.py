@@ -49,7 +49,7 @@ def normalize(answer: str, strip_assignment: bool = True) -> str:
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     # digit-group separators written as spacing: 11,\! 111 and 14 {, }916 and 1\,000
-    s = re.sub(r"(?<=\d),\\!\s*(?=\d{3})|(?<=\d)\s*\{,\s*\}\s*(?=\d{3})", ",", s)
+    s = re.sub(r"(?<=\d)\s*,\s*\\!\s*(?=\d{3})|(?<=\d)\s*\{,\s*\}\s*(?=\d{3})", ",", s)
     s = re.sub(r"(?<=\d)\\[,!](?=\d{3}(?!\d))", "", s)
     s = s.replace("\\!", "")  # a negative thin space separates nothing
     s = re.sub(r"(?<!\\)\\[,;:! ]|~|\\q?quad", " ", s)
