@@ -117,7 +117,11 @@ class DeepSpeedConfig(Strict):
 
 class RedisConfig(Strict):
     url: str = "redis://127.0.0.1:6379/0"
-    claim_idle_ms: int = Field(60_000, ge=100, description="Reclaim entries left pending this long.")
+    claim_idle_ms: int = Field(
+        60_000, ge=100,
+        description="An entry whose owner has not renewed its lease for this long is taken over (owners renew every quarter of it).")
+    max_deliveries: int = Field(
+        5, ge=1, description="An entry handed out this many times without being acknowledged goes to the dead-letter stream.")
     max_stream_len: int = Field(100_000, ge=100, description="Approximate trim length of each stream.")
 
 

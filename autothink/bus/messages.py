@@ -115,8 +115,14 @@ def _unpack(ids_b: bytes, lps_b: bytes, lengths: list[int], texts: list[str], re
     lps = np.frombuffer(lps_b, dtype="<f4")
     if sum(lengths) != len(ids) or len(ids) != len(lps):
         raise MessageError(f"lengths sum to {sum(lengths)} but there are {len(ids)} ids and {len(lps)} log-probs")
+    if not (isinstance(lengths, list) and isinstance(texts, list) and isinstance(reasons, list)):
+        raise MessageError("lengths, texts and finish_reasons must be lists")
     if not (len(lengths) == len(texts) == len(reasons)):
         raise MessageError("per-sample lists differ in length")
+    if not all(isinstance(t, str) for t in texts) or not all(isinstance(r, str) for r in reasons):
+        raise MessageError("texts and finish_reasons must be strings")
+    if not all(_is_int(n) for n in lengths):
+        raise MessageError("lengths must be integers")
     out, pos = [], 0
     for n, text, reason in zip(lengths, texts, reasons):
         if n < 0:
@@ -144,9 +150,27 @@ def _prompt_from(data: Any) -> PromptMsg:
         raise MessageError("prompt.group_id must be a non-empty string")
     if not isinstance(p.problem, str):
         raise MessageError("prompt.problem must be a string")
-    if not isinstance(p.n, int) or p.n < 1:
-        raise MessageError("prompt.n must be a positive integer")
+    if not isinstance(p.prompt, str) or not isinstance(p.strategy, str):
+        raise MessageError("prompt.prompt and prompt.strategy must be strings")
+    for name, low in (("n", 1), ("max_tokens", 1), ("min_policy_version", 0), ("step", -1)):
+        value = getattr(p, name)
+        if not _is_int(value) or value < low:
+            raise MessageError(f"prompt.{name} must be an integer >= {low}, not {value!r}")
+    if not _is_number(p.temperature) or not 0 <= p.temperature <= 100:
+        raise MessageError(f"prompt.temperature must be a number in [0, 100], not {p.temperature!r}")
+    if not _is_number(p.top_p) or not 0 < p.top_p <= 1:
+        raise MessageError(f"prompt.top_p must be a number in (0, 1], not {p.top_p!r}")
+    if not isinstance(p.metadata, dict):
+        raise MessageError("prompt.metadata must be an object")
     return p
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and x == x and abs(x) != float("inf")
 
 
 def encode(msg: PromptMsg | RolloutGroup | ScoredGroup) -> dict[str, bytes | str]:
@@ -202,7 +226,9 @@ def decode(entry: dict[Any, Any], expect: str) -> PromptMsg | RolloutGroup | Sco
     try:
         samples = _unpack(_field(entry, "ids"), _field(entry, "lp"), meta["lengths"], meta["texts"], meta["finish_reasons"])
         prompt = _prompt_from(meta["prompt"])
-        version_no = int(meta["policy_version"])
+        version_no = meta["policy_version"]
+        if not _is_int(version_no) or version_no < 0:
+            raise MessageError(f"policy_version must be an integer >= 0, not {version_no!r}")
         prompt_ids = [int(t) for t in meta.get("prompt_token_ids", [])]
         if kind == "rollout":
             return RolloutGroup(prompt, version_no, samples, prompt_ids, str(meta.get("worker", "")))
@@ -212,7 +238,7 @@ def decode(entry: dict[Any, Any], expect: str) -> PromptMsg | RolloutGroup | Sco
         return ScoredGroup(prompt, version_no, samples, scores, prompt_ids, str(meta.get("worker", "")), str(meta.get("scorer", "")))
     except KeyError as e:
         raise MessageError(f"meta lacks {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         if isinstance(e, MessageError):
             raise
         raise MessageError(f"malformed {kind} message: {e}") from None

@@ -3,69 +3,33 @@
 A consumer reads entries through its group, writes its output, and only then acknowledges
 (XACK), so a crash loses nothing: the entry stays pending and, once idle for ``claim_idle_ms``,
 another consumer takes it over with XAUTOCLAIM.  Outputs can therefore be written twice; the
-final consumer de-duplicates by group id.  Streams are trimmed (approximate MAXLEN) so Redis
-memory stays bounded, and every call retries lost connections with exponential backoff.
-"""
+final consumer de-duplicates by group id.  Live owners renew their entries (XCLAIM with JUSTID
+resets the idle time without counting a delivery), so only a dead owner's work is taken over,
+and XPENDING's delivery counter bounds the retries (the rules are in :mod:`autothink.bus.base`).
+Streams are trimmed (approximate MAXLEN) so Redis memory stays bounded, every call retries lost
+connections with exponential backoff, and consumer groups lost with a Redis restart are re-created."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
 
-from autothink.bus.messages import MessageError, PromptMsg, RolloutGroup, ScoredGroup, decode, encode
+from autothink.bus import base
+from autothink.bus.base import BusAuthError, Entry, StreamNames
+from autothink.bus.messages import PromptMsg, RolloutGroup, ScoredGroup, encode
+
+__all__ = ["BusAuthError", "Entry", "RedisBus", "StreamNames"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class StreamNames:
-    """Key names of one run: ``autothink:{run_id}:{prompts|rollouts|scored|dead|published_version}``."""
-
-    run_id: str
-
-    def _name(self, part: str) -> str:
-        return f"autothink:{self.run_id}:{part}"
-
-    @property
-    def prompts(self) -> str:
-        return self._name("prompts")
-
-    @property
-    def rollouts(self) -> str:
-        return self._name("rollouts")
-
-    @property
-    def scored(self) -> str:
-        return self._name("scored")
-
-    @property
-    def dead(self) -> str:
-        return self._name("dead")
-
-    @property
-    def published_version(self) -> str:
-        return self._name("published_version")
-
-
-@dataclass
-class Entry:
-    stream: str
-    id: str
-    fields: dict[Any, Any]
-
-
-class BusAuthError(RuntimeError):
-    """Redis refused the credentials in the URL."""
-
-
 class RedisBus:
-    """The operations every service needs, on one Redis connection pool."""
+    """The :class:`autothink.bus.base.Bus` operations on one Redis connection pool."""
 
     def __init__(
         self,
@@ -75,12 +39,15 @@ class RedisBus:
         claim_idle_ms: int = 60_000,
         retries: int = 8,
         client: redis.Redis | None = None,
+        max_deliveries: int = 5,
     ):
         self.client = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
         self.names = StreamNames(run_id)
         self.max_stream_len = max_stream_len
         self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
         self.retries = retries
+        self._groups: set[tuple[str, str]] = set()  # re-created if Redis loses them (a restart without its data)
 
     # -- resilience
     def _call(self, fn: Callable[[], T]) -> T:
@@ -90,6 +57,14 @@ class RedisBus:
                 return fn()
             except redis.AuthenticationError as e:  # a wrong or missing password: waiting will not fix it
                 raise BusAuthError(f"redis refused the credentials ({e}); check the password in the Redis URL") from None
+            except redis.ResponseError as e:
+                # NOGROUP: Redis restarted without its data; the streams and groups are gone.  Re-create
+                # the groups this process uses (empty: the lost entries are regenerated upstream) and go on.
+                if "NOGROUP" not in str(e) or attempt == self.retries or not self._groups:
+                    raise
+                log.warning("redis lost the consumer groups (%s); re-creating %d of them", e, len(self._groups))
+                for stream, group in list(self._groups):
+                    self._create_group(stream, group)
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 if attempt == self.retries:
                     raise
@@ -105,31 +80,71 @@ class RedisBus:
             return False
 
     # -- primitives
-    def ensure_group(self, stream: str, group: str) -> None:
-        def create() -> None:
-            try:
-                self.client.xgroup_create(stream, group, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+    def _create_group(self, stream: str, group: str) -> None:
+        try:
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
 
-        self._call(create)
+    def ensure_group(self, stream: str, group: str) -> None:
+        self._groups.add((stream, group))
+        self._call(lambda: self._create_group(stream, group))
 
     def add(self, stream: str, fields: dict[str, Any]) -> str:
         entry_id = self._call(lambda: self.client.xadd(stream, fields, maxlen=self.max_stream_len, approximate=True))
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def read(self, stream: str, group: str, consumer: str, count: int = 16, block_ms: int = 1000) -> list[Entry]:
-        """Entries for ``consumer``: first ones left pending too long by others, then new ones."""
+        """Entries for ``consumer``: first ones whose owner stopped renewing them, then new ones.
+
+        A taken-over entry already delivered more than ``max_deliveries`` times is dead-lettered
+        here instead of being handed out again."""
         claimed = self._call(
             lambda: self.client.xautoclaim(stream, group, consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=count)
         )
         entries = [Entry(stream, _id(i), f) for i, f in claimed[1] if f is not None]
         if entries:
             log.info("%s reclaimed %d pending entries from %s", consumer, len(entries), stream)
-            return entries
-        resp = self._call(lambda: self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms))
+            live = []
+            for e in entries:
+                e.deliveries = self.deliveries(stream, group, e.id)
+                if e.deliveries > self.max_deliveries:
+                    log.error("dead-lettering %s %s: delivered %d times", stream, e.id, e.deliveries)
+                    self.dead_letter(e, f"delivered {e.deliveries} times (max_deliveries {self.max_deliveries}) and never "
+                                        "acknowledged: its consumers died or failed on it each time", consumer)
+                    self.ack(stream, group, e.id)
+                else:
+                    live.append(e)
+            if live:
+                return live
+        # XREADGROUP's BLOCK 0 waits for ever; here 0 means "do not wait"
+        resp = self._call(lambda: self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms if block_ms > 0 else None))
         return [Entry(stream, _id(i), f) for _, items in (resp or []) for i, f in items]
+
+    def deliveries(self, stream: str, group: str, entry_id: str) -> int:
+        """How many times the group handed ``entry_id`` out (XPENDING's counter); 0 if not pending."""
+        rows = self._call(lambda: self.client.xpending_range(stream, group, min=entry_id, max=entry_id, count=1))
+        return int(rows[0]["times_delivered"]) if rows else 0
+
+    def renew(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> int:
+        """Reset the idle time of those of ``ids`` that ``consumer`` still owns (XCLAIM JUSTID: no
+        delivery is counted).  Entries another consumer took over are left alone."""
+        want = set(ids)
+        if not want:
+            return 0
+        mine = self._call(lambda: self.client.xpending_range(stream, group, min="-", max="+", count=max(len(want) * 4, 1000), consumername=consumer))
+        owned = [r["message_id"] for r in mine if _id(r["message_id"]) in want]
+        if owned:
+            self._call(lambda: self.client.xclaim(stream, group, consumer, min_idle_time=0, message_ids=owned, justid=True))
+        return len(owned)
+
+    def release(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> None:
+        """Mark entries as idle for ``claim_idle_ms`` already, so the next read (anyone's) retries them."""
+        ids = list(ids)
+        if ids:
+            self._call(lambda: self.client.xclaim(stream, group, consumer, min_idle_time=0, message_ids=ids,
+                                                  idle=self.claim_idle_ms + 1, justid=True))
 
     def read_batch(self, stream: str, group: str, consumer: str, count: int, block_ms: int = 1000, window_ms: int = 50) -> list[Entry]:
         """Like :meth:`read`, but once the first entries arrive keep collecting for up to
@@ -185,14 +200,8 @@ class RedisBus:
         return self.add(stream, encode(msg))
 
     def decode_or_dead_letter(self, entry: Entry, expect: str, group: str, consumer: str) -> Any | None:
-        """The decoded message, or None after moving a malformed entry to the dead-letter stream."""
-        try:
-            return decode(entry.fields, expect)
-        except MessageError as e:
-            log.warning("dead-lettering %s %s: %s", entry.stream, entry.id, e)
-            self.dead_letter(entry, str(e), consumer)
-            self.ack(entry.stream, group, entry.id)
-            return None
+        """The decoded message, or None after moving an undecodable entry to the dead-letter stream."""
+        return base.decode_or_dead_letter(self, entry, expect, group, consumer)
 
 
 def _id(value: Any) -> str:

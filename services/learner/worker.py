@@ -59,7 +59,8 @@ class Learner:
             if run.data.shuffle:
                 random.Random(run.seed).shuffle(rows)
             self.problems = rows
-            self.bus = RedisBus(run.redis.url, svc.run_id, run.redis.max_stream_len, run.redis.claim_idle_ms)
+            self.bus = RedisBus(run.redis.url, svc.run_id, run.redis.max_stream_len, run.redis.claim_idle_ms,
+                                max_deliveries=run.redis.max_deliveries)
             self.bus.ensure_group(self.bus.names.scored, GROUP)
             self.store = WeightStore()
             self.server = serve(self.store, svc.weights_bind, run.weights.token, run.weights.chunk_bytes)

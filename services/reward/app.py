@@ -32,8 +32,8 @@ class GradeResponse(BaseModel):
 
 def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
     def health() -> tuple[bool, dict[str, Any]]:
-        ok = worker.ready.is_set() and worker.bus.ping()
-        return ok, {"consumer": worker.consumer, "replaced_workers": worker.pool.replaced}
+        ok = worker.healthy and worker.bus.ping()
+        return ok, {"consumer": worker.consumer, "replaced_workers": worker.pool.replaced, "loop_failures": worker.failures}
 
     app = ops_app("AutoThink reward service", health, registry)
     table, rule = worker.cfg.rewards.table(), worker.cfg.rewards.rule()

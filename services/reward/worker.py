@@ -16,13 +16,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from autothink.bus.messages import RolloutGroup, ScoredGroup
-from autothink.bus.streams import BusAuthError, RedisBus
+from autothink.bus.base import BusAuthError, Entry, Leases, settle_failure
+from autothink.bus.streams import RedisBus
 from autothink.grading.pool import GraderPool
 from autothink.scoring import score_group
 from services.reward.config import RewardServiceConfig
 
 log = logging.getLogger("autothink.reward")
 GROUP = "reward"
+UNHEALTHY_AFTER_FAILURES = 3
 
 
 class RewardMetrics:
@@ -33,7 +35,7 @@ class RewardMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.groups = Counter("autothink_reward_groups_total", "Rollout groups scored", registry=registry)
-        self.dead = Counter("autothink_reward_dead_letters_total", "Malformed entries sent to the dead-letter stream", registry=registry)
+        self.dead = Counter("autothink_reward_dead_letters_total", "Entries sent to the dead-letter stream (malformed, or failed max_deliveries times)", registry=registry)
         self.reclaimed = Counter("autothink_reward_reclaimed_total", "Entries taken over from a dead consumer", registry=registry)
         self.lag = Gauge("autothink_reward_pending_entries", "Rollout entries read but not yet acknowledged", registry=registry)
 
@@ -42,11 +44,14 @@ class RewardWorker:
     def __init__(self, cfg: RewardServiceConfig, registry: CollectorRegistry | None = None, bus: RedisBus | None = None):
         self.cfg = cfg
         self.consumer = cfg.consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.bus = bus or RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms)
+        self.bus = bus or RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms,
+                                   max_deliveries=cfg.redis.max_deliveries)
+        self.leases = Leases(self.bus, GROUP, self.consumer)
         self.pool = GraderPool(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s)
         self.metrics = RewardMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
         self.ready = threading.Event()
+        self.failures = 0  # loop iterations failed in a row
 
     def grade(self, answer_text: str, truth: Any):
         t0 = time.perf_counter()
@@ -63,38 +68,67 @@ class RewardWorker:
         return ScoredGroup(group.prompt, group.policy_version, group.samples, scores, group.prompt_token_ids, group.worker, self.consumer)
 
     def step(self, count: int = 8, block_ms: int = 500) -> int:
-        """Read, score, write and acknowledge one batch of entries; returns how many were handled."""
+        """Read, score, write and acknowledge one batch of entries; returns how many were read.
+
+        Each entry is handled alone: one that cannot be decoded or scored is retried or
+        dead-lettered (:func:`autothink.bus.base.settle_failure`) while the others go on."""
         names = self.bus.names
         entries = self.bus.read(names.rollouts, GROUP, self.consumer, count=count, block_ms=block_ms)
-        for entry in entries:
-            group = self.bus.decode_or_dead_letter(entry, "rollout", GROUP, self.consumer)
-            if group is None:
-                self.metrics.dead.inc()
-                continue
+        self.leases.hold(names.rollouts, *(e.id for e in entries))  # grading a batch can outlast claim_idle_ms
+        try:
+            for entry in entries:
+                if entry.deliveries > 1:
+                    self.metrics.reclaimed.inc()
+                self.handle(entry)
+        finally:
+            self.leases.drop(names.rollouts, *(e.id for e in entries))
+        return len(entries)
+
+    def handle(self, entry: Entry) -> None:
+        names = self.bus.names
+        group = self.bus.decode_or_dead_letter(entry, "rollout", GROUP, self.consumer)
+        if group is None:
+            self.metrics.dead.inc()
+            return
+        try:
             scored = self.score(group)
             self.bus.publish(names.scored, scored)  # write first ...
-            self.bus.ack(names.rollouts, GROUP, entry.id)  # ... then acknowledge
-            self.metrics.groups.inc()
-            log.info(
-                "scored group %s (policy v%d): rewards %s",
-                group.group_id, group.policy_version, [round(s.reward, 2) for s in scored.scores],
-            )
-        return len(entries)
+        except BusAuthError:
+            raise
+        except Exception as e:  # noqa: BLE001 - this entry's failure, not the service's
+            if settle_failure(self.bus, entry, GROUP, self.consumer, e):
+                self.metrics.dead.inc()
+            return
+        self.bus.ack(names.rollouts, GROUP, entry.id)  # ... then acknowledge
+        self.metrics.groups.inc()
+        log.info(
+            "scored group %s (policy v%d): rewards %s",
+            group.group_id, group.policy_version, [round(s.reward, 2) for s in scored.scores],
+        )
 
     def run(self) -> None:
         self.bus.ensure_group(self.bus.names.rollouts, GROUP)
+        self.leases.start()
         self.ready.set()
         log.info("reward worker %s consuming %s", self.consumer, self.bus.names.rollouts)
         while not self.stop.is_set():
             try:
                 self.step()
                 self.metrics.lag.set(self.bus.pending(self.bus.names.rollouts, GROUP))
+                self.failures = 0
             except BusAuthError:
                 raise  # a wrong password is not a passing failure
-            except Exception:  # keep serving; the entry stays pending and is retried
-                log.exception("reward step failed; retrying")
+            except Exception:  # keep trying; the entries stay pending.  /health turns 503 after a few in a row
+                self.failures += 1
+                log.exception("reward step failed (%d in a row); retrying", self.failures)
                 time.sleep(1.0)
+
+    @property
+    def healthy(self) -> bool:
+        """Ready, and the loop is not failing over and over (then a supervisor should restart us)."""
+        return self.ready.is_set() and self.failures < UNHEALTHY_AFTER_FAILURES
 
     def close(self) -> None:
         self.stop.set()
+        self.leases.stop()
         self.pool.close()

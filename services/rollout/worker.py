@@ -43,7 +43,8 @@ class RolloutWorker:
     def __init__(self, cfg: RolloutServiceConfig, registry: CollectorRegistry | None = None):
         self.cfg = cfg
         self.consumer = cfg.consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.bus = RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms)
+        self.bus = RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms,
+                   max_deliveries=cfg.redis.max_deliveries)
         self.metrics = RolloutMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
         self.ready = threading.Event()

@@ -35,3 +35,36 @@ def test_read_batch_collects_entries_added_one_by_one(redis_server):
     for i in range(3):
         bus.publish(stream, PromptMsg(f"x{i}", "q"))
     assert len(bus.read_batch(stream, "g", "c", count=12, block_ms=100, window_ms=0)) == 3
+
+
+def _rule_bus(redis_server, run: str) -> RedisBus:
+    bus = RedisBus(redis_server.url, run, claim_idle_ms=300, max_deliveries=3)
+    bus.ensure_group(bus.names.prompts, "g")
+    return bus
+
+
+def test_leases_keep_live_work_on_redis(redis_server):
+    """The contract the in-process bus is unit-tested against (tests/unit/test_bus_rules.py) holds on Redis."""
+    from tests.unit.test_bus_rules import check_leases_keep_live_work
+
+    bus = _rule_bus(redis_server, "leases")
+    check_leases_keep_live_work(bus, bus.names.prompts, lambda s: time.sleep(s * 0.3))  # unit time 1 s -> 300 ms
+
+
+def test_failed_entry_is_retried_then_dead_lettered_on_redis(redis_server):
+    from tests.unit.test_bus_rules import check_failed_entry_is_retried_then_dead_lettered
+
+    bus = _rule_bus(redis_server, "poison")
+    check_failed_entry_is_retried_then_dead_lettered(bus, bus.names.prompts)
+
+
+def test_consumer_groups_come_back_after_redis_lost_its_data(redis_server):
+    """A Redis restarted without its data answers NOGROUP; the bus re-creates its groups and goes on."""
+    bus = RedisBus(redis_server.url, "nogroup", retries=2)
+    stream = bus.names.prompts
+    bus.ensure_group(stream, "g")
+    bus.client.flushall()  # what a restart without persistence leaves
+    assert bus.read(stream, "g", "c", block_ms=10) == []  # NOGROUP before the fix: raised for ever
+    bus.publish(stream, PromptMsg("after", "q"))
+    (e,) = bus.read(stream, "g", "c", block_ms=100)
+    assert bus.decode_or_dead_letter(e, "prompt", "g", "c").group_id == "after"
