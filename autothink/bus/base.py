@@ -182,12 +182,12 @@ def decode_or_dead_letter(bus: Bus, entry: Entry, expect: str, group: str, consu
     """The decoded message, or None after moving an entry that cannot be decoded to the dead-letter
     stream.  Decoding is deterministic, so *any* exception (a malformed field, a number out of
     range, nesting too deep) dead-letters at once: retrying cannot help."""
-    from autothink.bus.messages import decode
+    from autothink.bus.messages import MessageError, decode
 
     try:
         return decode(entry.fields, expect)
     except Exception as e:  # noqa: BLE001 - whatever the bytes did to the decoder, it is this entry's fault
-        reason = f"{type(e).__name__}: {e}"[:2000]
+        reason = (str(e) if isinstance(e, MessageError) else f"{type(e).__name__}: {e}")[:2000]
         log.warning("dead-lettering %s %s: %s", entry.stream, entry.id, reason)
         bus.dead_letter(entry, reason, consumer)
         bus.ack(entry.stream, group, entry.id)
