@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.gateway.app import create_app
     from services.gateway.engine import VLLMEngine
+    from services.gateway.server import protocol_with_header_timeout
 
     app = create_app(cfg, VLLMEngine(cfg))
     logging.getLogger("autothink.gateway").info(
         "serving %s as %r on http://%s:%d (API key %s)", cfg.model, cfg.served_model_name, cfg.host, cfg.port,
         "required" if cfg.api_key else "off",
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10,
+                http=protocol_with_header_timeout(cfg.header_timeout_s))
     return 0
 
 

@@ -9,6 +9,18 @@ from pydantic import Field
 from autothink.config import Strict, WeightSyncConfig
 
 
+class EffortBudgets(Strict):
+    """Thinking budgets (reasoning tokens) behind OpenAI's ``reasoning_effort``; ``none`` always
+    means no thinking.  ``None`` here means no budget: the reasoning may use what fits.  The
+    defaults follow R1-Distill's typical reasoning lengths: MATH-level problems take ~1-4k tokens,
+    AIME-level ones up to the context."""
+
+    minimal: int | None = Field(256, ge=0)
+    low: int | None = Field(1024, ge=0)
+    medium: int | None = Field(4096, ge=0)
+    high: int | None = Field(None, ge=0)
+
+
 class GatewayConfig(Strict):
     model: str = Field(".cache/toy-model", description="Local Hugging Face folder to serve.")
     served_model_name: str = Field("autothink", description="The model id of the OpenAI API.")
@@ -20,7 +32,9 @@ class GatewayConfig(Strict):
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413 above).")
     max_n: int = Field(16, ge=1, description="Most choices per request.")
     max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (default: what the model allows).")
-    default_max_tokens: int = Field(1024, ge=1, description="max_tokens of /generate when the request has none.")
+    reasoning_effort: EffortBudgets = Field(default_factory=EffortBudgets, description="Thinking budget of each reasoning_effort.")
+    header_timeout_s: float = Field(10.0, gt=0, description="Close a connection that has not sent its request headers in this time.")
+    stall_timeout_s: float = Field(120.0, gt=0, description="/health fails when requests are in flight and the engine has produced nothing for this long.")
     enforce_eager: bool = False
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     policy_version: int = Field(0, ge=0, description="Version number of the weights in `model` (reported per response).")

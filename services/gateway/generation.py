@@ -1,15 +1,26 @@
-"""How one request becomes engine calls: the think-or-not decision, the thinking budget, and the
-split into reasoning and answer.
+"""How one choice becomes engine calls: the think-or-not decision at the first step, routing that
+holds, the thinking budget, and the split into reasoning and answer.
 
-A choice is generated in *segments*, each one engine call on token ids that continues the
-previous ones:
+A choice is normally **one** engine call, exactly what ``vllm serve`` does.  In ``auto`` mode that
+call also asks the engine for the log-probability of ``</think>`` at the step that samples the
+first token (vLLM's ``logprob_token_ids`` in ``processed_logprobs`` mode: after banned tokens,
+temperature and top-p), which gives ``think_probability`` at the request's own sampling settings
+with no second prefill.
 
-* ``route="no_think"`` puts ``</think>`` first; ``route="think"`` samples the first token with
-  ``</think>`` banned; ``route="sample"`` lets the model choose (the AutoThink default);
-* with a ``thinking_budget``, a reasoning segment stops at ``</think>`` or after the budget; when
-  the budget ran out, ``\\n</think>\\n\\n`` is appended and the model goes on to answer.
+The call is cut and continued from where it stands (a new call on prompt + the accepted tokens,
+which the prefix cache serves) only when something must override the model:
 
-Without a route or a budget a choice is a single engine call, exactly what ``vllm serve`` does.
+* ``think_threshold`` routes at the first step: a request routed to no-think whose first token is
+  not ``</think>`` has it forced instead; one routed to think whose first token is ``</think>`` has
+  that token re-drawn with ``</think>`` banned — and ``</think>`` stays banned until the reasoning
+  has some non-blank text, so ``thought`` and ``routed_to`` always agree.  (Re-drawing only the
+  rejected token is rejection sampling: the first token then follows the model's distribution
+  given "not ``</think>``".)
+* with a thinking budget, a reasoning call stops at ``</think>`` or at the budget; when the budget
+  ran out, ``\\n</think>\\n\\n`` is appended for the model and it goes on to answer.  The budget
+  counts every reasoning token, the forced newline included, and ``max_tokens`` counts every
+  response token, the forced ones included.
+
 The engine sits behind :class:`Backend`, so this logic is tested with a scripted fake as well as
 with vLLM.
 """
@@ -17,14 +28,17 @@ with vLLM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from autothink.prompting import THINK_CLOSE, extract_boxed
-from services.gateway.reasoning import ReasoningSplitter, Route, reasoning_token_count
+from services.gateway.reasoning import ReasoningSplitter, Route, reasoning_token_count, think_probability
+from services.gateway.reasoning import route as route_by_threshold
 
 FORCED_CLOSE = "\n" + THINK_CLOSE + "\n\n"
+BARE_CLOSE = THINK_CLOSE + "\n\n"
 
 
 @dataclass(frozen=True)
@@ -33,8 +47,21 @@ class Sampling:
     temperature: float = 0.6
     top_p: float = 0.95
     seed: int | None = None
+    stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ban_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # per token: the sampled token's log-probability and this many top ones
+    probe_close: bool = False  # also report log P(</think>) at the first step, as sampled (with logprobs
+    # too, the call's alternatives are </think> alone: the engine returns one kind per call)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token's log-probability and the top alternatives, as (token text, logprob)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,16 +71,19 @@ class Delta:
     token_ids: list[int]
     text: str
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended the call
+    logprobs: list[TokenLogprob] | None = None  # one per token, when asked for
+    close_logprob: float | None = None  # on the first delta of a probe_close call
 
 
 class Backend(Protocol):
     close_id: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def decode(self, token_ids: list[int]) -> str: ...
+
+    def encode_trusted(self, text: str) -> list[int]: ...
 
     def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]: ...
-
-    async def next_token_logprob(self, prompt_ids: list[int], token_id: int, request_id: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +93,9 @@ class Plan:
     prompt_ids: list[int]
     sampling: Sampling
     starts_in_reasoning: bool = True  # False under the no-thinking prompt and for raw completions
-    route: Route = "sample"
+    probe: bool = False  # measure think_probability at the first step (mode=auto)
+    threshold: float | None = None  # route on think_probability at the first step
+    route: Route = "sample"  # a route fixed in advance (tests, and what a threshold decides)
     thinking_budget: int | None = None
 
 
@@ -73,6 +105,7 @@ class ChoiceDelta:
     reasoning: str
     answer: str
     raw: str  # the engine's text as is (what a plain completion returns)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -87,6 +120,10 @@ class ChoiceResult:
     token_ids: list[int] = field(repr=False)
     reasoning_tokens: int = 0
     budget_forced: bool = False
+    think_probability: float | None = None
+    routed_to: Route | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprob | None] = field(default_factory=list, repr=False)  # aligned with token_ids; None: forced
 
     @property
     def completion_tokens(self) -> int:
@@ -97,97 +134,175 @@ class ChoiceResult:
         return self.completion_tokens - self.reasoning_tokens
 
 
+def segment_seed(seed: int | None, segment: int) -> int | None:
+    """A distinct, reproducible seed for each engine call of a seeded choice.
+
+    >>> segment_seed(7, 0), segment_seed(None, 3), segment_seed(7, 1) != segment_seed(7, 2)
+    (7, None, True)
+    """
+    if seed is None or segment == 0:
+        return seed
+    return (seed * 1_000_003 + segment * 7_919) % (2**63)
+
+
+class _Choice:
+    """The state of one choice while its engine calls run."""
+
+    def __init__(self, plan: Plan, index: int):
+        self.plan, self.index = plan, index
+        self.splitter = ReasoningSplitter(plan.starts_in_reasoning)
+        self.ids: list[int] = []
+        self.logprobs: list[TokenLogprob | None] = []
+        self.reasoning: list[str] = []
+        self.answer: list[str] = []
+        self.raw: list[str] = []
+        self.reasoning_has_text = False
+
+    def accept(self, ids: Sequence[int], text: str, logprobs: Sequence[TokenLogprob | None] | None = None) -> ChoiceDelta | None:
+        self.ids.extend(ids)
+        self.logprobs.extend(logprobs if logprobs is not None else [None] * len(ids))
+        r, a = self.splitter.feed(text)
+        self.reasoning.append(r)
+        self.answer.append(a)
+        self.raw.append(text)
+        self.reasoning_has_text = self.reasoning_has_text or r.strip() != ""
+        if not text and not ids:
+            return None
+        return ChoiceDelta(self.index, r, a, text, tuple(x for x in (logprobs or ()) if x is not None))
+
+
 async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: str) -> AsyncIterator[ChoiceDelta | ChoiceResult]:
     """Yields text deltas as they come, then one :class:`ChoiceResult`."""
     close = backend.close_id
-    splitter = ReasoningSplitter(plan.starts_in_reasoning)
-    reasoning: list[str] = []
-    answer: list[str] = []
-    raw: list[str] = []
-    ids: list[int] = []
-
-    def emit(text: str) -> ChoiceDelta | None:
-        r, a = splitter.feed(text)
-        reasoning.append(r)
-        answer.append(a)
-        raw.append(text)
-        return ChoiceDelta(index, r, a, text) if text else None
-
-    first_route = plan.route if plan.starts_in_reasoning else "sample"
-    if first_route == "no_think":
-        ids.append(close)
-        if d := emit(THINK_CLOSE):
-            yield d
-    ban_first = first_route == "think"
-    budget = plan.thinking_budget if plan.starts_in_reasoning else None
-    forced = False
-    finish = "length"
+    s = plan.sampling
+    c = _Choice(plan, index)
+    in_reasoning_prompt = plan.starts_in_reasoning
+    route: Route = plan.route if in_reasoning_prompt else "sample"
+    decided = route != "sample" or plan.threshold is None
+    p: float | None = None
+    budget = plan.thinking_budget if in_reasoning_prompt else None
+    forced_nl = backend.encode_trusted(FORCED_CLOSE) if budget is not None else []
+    forced_bare = backend.encode_trusted(BARE_CLOSE) if budget is not None else []
+    nl_reasoning = forced_nl.index(close) if close in forced_nl else 0  # reasoning tokens the forced close adds
+    budget_forced = False
+    finish: str | None = None
+    stop_reason: int | str | None = None
     segment = 0
-    while len(ids) < plan.sampling.max_tokens:
-        remaining = plan.sampling.max_tokens - len(ids)
-        in_reasoning = splitter.in_reasoning
-        sampling = replace(plan.sampling, max_tokens=remaining)
-        if ban_first:
-            sampling = replace(sampling, max_tokens=1, ban_token_ids=(close,))
+
+    while finish is None:
+        remaining = s.max_tokens - len(c.ids)
+        if remaining <= 0:
+            finish = "length"
+            break
+        in_reasoning = c.splitter.in_reasoning
+        if route == "no_think" and decided and not c.ids:
+            if d := c.accept([close], THINK_CLOSE):
+                yield d
+            continue
+        ban = route == "think" and decided and in_reasoning and not c.reasoning_has_text
+        seg = replace(s, max_tokens=remaining, seed=segment_seed(s.seed, segment))
+        if ban:
+            seg = replace(seg, max_tokens=1, ban_token_ids=(*s.ban_token_ids, close))
         elif in_reasoning and budget is not None:
-            left = budget - len(ids)
-            if left <= 0:  # the budget is spent: close the reasoning for the model
-                forced = True
-                ids.extend(backend.encode(FORCED_CLOSE))
-                if d := emit(FORCED_CLOSE):
+            spent = len(c.ids)  # all response tokens so far are reasoning
+            cap = max(0, budget - nl_reasoning)
+            if spent >= cap:  # the budget is spent: close the reasoning for the model
+                forced = forced_nl if spent > 0 and spent + nl_reasoning <= budget else forced_bare
+                text = FORCED_CLOSE if forced is forced_nl else BARE_CLOSE
+                if len(forced) > remaining:  # max_tokens counts the forced tokens too
+                    forced, text = forced[:remaining], backend.decode(forced[:remaining])
+                    finish = "length"
+                budget_forced = True
+                if d := c.accept(forced, text):
                     yield d
                 continue
-            sampling = replace(sampling, max_tokens=min(remaining, left), stop_token_ids=(close,))
+            seg = replace(seg, max_tokens=min(remaining, cap - spent), stop_token_ids=(*s.stop_token_ids, close))
+        probing = plan.probe and in_reasoning_prompt and p is None and not c.ids
+        if probing:
+            seg = replace(seg, probe_close=True)
+            if seg.logprobs is not None:
+                # the engine returns one kind of log-probs per call: the first token alone, whose
+                # alternatives are then </think> only
+                seg = replace(seg, max_tokens=1)
+        cut = False
         seg_finish: str | None = None
-        async for delta in backend.stream(plan.prompt_ids + ids, sampling, f"{request_id}-{index}-{segment}"):
-            ids.extend(delta.token_ids)
-            if d := emit(delta.text):
-                yield d
-            seg_finish = delta.finish_reason or seg_finish
+        first = True
+        async with contextlib.aclosing(backend.stream(plan.prompt_ids + c.ids, seg, f"{request_id}-{index}-{segment}")) as stream:
+            async for delta in stream:
+                ids, text, lps = delta.token_ids, delta.text, delta.logprobs
+                if first and probing and ids:
+                    first_is_close = ids[0] == close
+                    p = think_probability(delta.close_logprob, seg.temperature, first_is_close)
+                    if not decided:
+                        route, decided = route_by_threshold(p, plan.threshold), True
+                    if (route == "no_think" and not first_is_close) or (route == "think" and first_is_close):
+                        cut = True  # overridden: forced close, or a re-draw with </think> banned
+                        break
+                first = False
+                if route == "think" and c.splitter.in_reasoning and not c.reasoning_has_text and close in ids:
+                    k = ids.index(close)
+                    if backend.decode(c.ids + ids[:k]).strip() == "":  # closing with blank reasoning: re-draw
+                        if k and (d := c.accept(ids[:k], backend.decode(ids[:k]), lps[:k] if lps else None)):
+                            yield d
+                        cut = True
+                        break
+                if d := c.accept(ids, text, lps):
+                    yield d
+                seg_finish = delta.finish_reason or seg_finish
+                if delta.stop_reason is not None:
+                    stop_reason = delta.stop_reason
         segment += 1
-        if ban_first:
-            ban_first = False
-            if seg_finish == "length":
-                continue
-        elif sampling.stop_token_ids and ids and ids[-1] == close:
-            if splitter.in_reasoning and (d := emit(THINK_CLOSE)):  # in case the engine left the stop token's text out
-                yield d
+        if cut:
             continue
-        elif in_reasoning and budget is not None and seg_finish == "length":
+        if close in seg.stop_token_ids and c.ids and c.ids[-1] == close and c.splitter.in_reasoning:
+            if d := c.accept([], THINK_CLOSE):  # the engine leaves a stop token's text out
+                yield d
+            stop_reason = None
+            continue
+        if seg_finish == "length" and seg.max_tokens < remaining:  # a call we capped ourselves
+            continue
+        if close in seg.stop_token_ids and c.ids and c.ids[-1] == close:
+            stop_reason = None
             continue
         finish = seg_finish or "stop"
-        break
-    r, a = splitter.flush()
-    reasoning.append(r)
+    r, _ = c.splitter.flush()
+    c.reasoning.append(r)
     if r:
         yield ChoiceDelta(index, r, "", "")
-    answer_text = "".join(answer).strip()
-    reasoning_text = "".join(reasoning).strip()
-    n_reason = reasoning_token_count(ids, close, plan.starts_in_reasoning)
+    answer_text = "".join(c.answer).strip()
+    reasoning_text = "".join(c.reasoning).strip()
     yield ChoiceResult(
         index=index,
         reasoning=reasoning_text,
         answer=answer_text,
-        text="".join(raw),
+        text="".join(c.raw),
         boxed=extract_boxed(answer_text),
-        thought=plan.starts_in_reasoning and reasoning_text != "",
+        thought=in_reasoning_prompt and reasoning_text != "",
         finish_reason=finish,
-        token_ids=ids,
-        reasoning_tokens=n_reason,
-        budget_forced=forced,
+        token_ids=c.ids,
+        reasoning_tokens=reasoning_token_count(c.ids, close, in_reasoning_prompt),
+        budget_forced=budget_forced,
+        think_probability=p,
+        routed_to=route if route != "sample" else None,
+        stop_reason=stop_reason,
+        logprobs=c.logprobs,
     )
 
 
 async def merge(streams: Sequence[AsyncIterator[ChoiceDelta | ChoiceResult]]) -> AsyncIterator[ChoiceDelta | ChoiceResult]:
-    """Interleave several choices' events as they are produced; cancels the rest on error or close."""
+    """Interleave several choices' events as they are produced; the first error fails the whole
+    request at once and cancels the other choices (their engine calls are aborted)."""
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
     async def pump(s: AsyncIterator) -> None:
         try:
-            async for item in s:
-                await queue.put(item)
+            async with contextlib.aclosing(s):  # type: ignore[type-var]
+                async for item in s:
+                    await queue.put(item)
             await queue.put(done)
+        except asyncio.CancelledError:
+            raise
         except BaseException as e:  # surfaced to the consumer below
             await queue.put(e)
 

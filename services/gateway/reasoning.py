@@ -1,5 +1,5 @@
 """Pure pieces of adaptive serving: splitting a streamed response into reasoning and answer,
-turning the engine's log-probability of ``</think>`` into a think probability, routing by a
+turning the engine's log-probability of ``</think>`` at the first step into a think probability, routing by a
 threshold, and counting reasoning tokens.  No engine, no I/O: tested with hand-made inputs.
 """
 
@@ -65,12 +65,24 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def think_probability(close_logprob: float) -> float:
-    """1 − P(the first response token is ``</think>``), from that token's log-probability.
+def think_probability(close_logprob: float | None, temperature: float, first_is_close: bool) -> float:
+    """1 − P(the first response token is ``</think>``) under the request's own sampling.
 
-    >>> round(think_probability(math.log(0.25)), 6)
+    ``close_logprob`` is what the engine reports for ``</think>`` at the step that sampled the
+    first token, in vLLM's ``processed_logprobs`` mode: after banned tokens, temperature and top-p,
+    i.e. the distribution that token was drawn from (``-inf`` when top-p cut ``</think>`` out).  At
+    temperature 0 the engine reports the untempered distribution, but the draw is the argmax, so the
+    probability is 0 or 1: whether the token it chose is ``</think>``.
+
+    >>> round(think_probability(math.log(0.25), 0.6, False), 6)
     0.75
+    >>> think_probability(float("-inf"), 0.3, False), think_probability(-0.1, 0.0, False)
+    (1.0, 1.0)
     """
+    if temperature < 1e-5:
+        return 0.0 if first_is_close else 1.0
+    if close_logprob is None or math.isnan(close_logprob):
+        raise ValueError("the engine returned no log-probability for </think> at the first step")
     return min(1.0, max(0.0, 1.0 - math.exp(min(0.0, close_logprob))))
 
 
