@@ -384,6 +384,12 @@ def check_parallel(tensor_parallel_size: int, data_parallel_size: int, gpus: int
                          f"this machine has {gpus}")
 
 
+def store_settings(identity: str, benchmark: str, strategy: str, sampling: SamplingSettings) -> dict[str, Any]:
+    """The settings line of a sample file: what must match for samples to be pooled."""
+    return {"model": identity, "benchmark": benchmark, "prompt": strategy, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed}
+
+
 def _record_to_scored(rec: dict[str, Any], strategy: str, benchmark: str, level: Any) -> Scored:
     return Scored(level, strategy, rec["mode"], rec["correct"], rec["format_ok"], rec["tokens"], benchmark, rec["problem"])
 
@@ -420,8 +426,7 @@ async def run_resumable(
     try:
         for bench, problems in benchmarks.items():
             for strategy in strategies:
-                settings = {"model": backend.identity, "benchmark": bench, "prompt": strategy, "temperature": sampling.temperature,
-                            "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": sampling.seed}
+                settings = store_settings(backend.identity, bench, strategy, sampling)
                 store = stores[(bench, strategy)] = SampleStore(store_path(out, bench, strategy), settings)
                 for pos, p in enumerate(problems):
                     i, digest = p.get("index", pos), problem_digest(p)
@@ -511,6 +516,14 @@ def evaluate_benchmarks(
     import asyncio
 
     from autothink.eval_endpoint import EndpointBackend
+
+    from autothink.eval_store import SampleStore, store_path
+
+    if not endpoint:  # refuse other settings before the engine takes its half minute to start
+        identity = str(Path(model).resolve())  # type: ignore[arg-type]
+        for bench in benchmarks:
+            for strategy in strategies:
+                SampleStore(store_path(out, bench, strategy), store_settings(identity, bench, strategy, sampling)).close()
 
     async def main() -> tuple[dict[str, list[Scored]], str]:
         nonlocal benchmarks

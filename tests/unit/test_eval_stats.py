@@ -123,3 +123,45 @@ def test_endpoint_stops_on_a_refusal_and_completions_send_the_rendered_prompt() 
     c = _run(EndpointBackend("http://gw", api="completions", transport=t), "q", "ellipsis", 1, 0.6, 0.95, 64)
     body = t.seen[-1]  # type: ignore[attr-defined]
     assert body["prompt"].endswith("<｜Assistant｜><think>\n...\n") and body["add_special_tokens"] is False and c.num_tokens == 4
+
+
+class _FakeBackend:
+    """Answers deterministically from the seed; stops (as a crash would) after ``fail_after`` samples."""
+
+    identity = "fake-model"
+
+    def __init__(self, fail_after: int | None = None):
+        self.fail_after, self.calls = fail_after, 0
+
+    async def complete(self, problem, strategy, seed, temperature, top_p, max_tokens):  # type: ignore[no-untyped-def]
+        from autothink.eval_endpoint import Completion
+
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("killed")
+        await asyncio.sleep(0.001 * (seed % 5))  # complete out of order
+        answer = problem.split()[-1] if seed % 3 else "0"
+        return Completion(("</think>\n\n" if seed % 2 else "hm\n</think>\n\n") + f"\\boxed{{{answer}}}", 5 + seed % 7)
+
+
+def test_resumable_run_gives_the_uninterrupted_numbers(tmp_path) -> None:
+    from autothink.evaluation import SamplingSettings, exact_grade, run_resumable
+
+    benches = {"math500": [{"problem": f"say {i}", "answer": str(i), "level": 1 + i % 3, "index": i} for i in range(6)],
+               "aime24": [{"problem": f"say {i}", "answer": str(i), "level": None, "index": i} for i in range(1, 4)]}
+    args = (benches, ["standard", "ellipsis"], 4, SamplingSettings(max_tokens=16))
+
+    def run(out, backend):  # type: ignore[no-untyped-def]
+        return asyncio.run(run_resumable(backend, *args, out, exact_grade, concurrency=3, progress=False))
+
+    whole = run(tmp_path / "a", _FakeBackend())
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "b", _FakeBackend(fail_after=30))
+    kept = sum(len(p.read_text().splitlines()) - 1 for p in (tmp_path / "b" / "samples").glob("*.jsonl"))
+    assert 0 < kept <= 30
+    again = _FakeBackend()
+    resumed = run(tmp_path / "b", again)
+    assert again.calls == 72 - kept and resumed == whole
+    with pytest.raises(SettingsMismatch, match="top_p"):
+        asyncio.run(run_resumable(_FakeBackend(), benches, ["standard"], 4, SamplingSettings(max_tokens=16, top_p=0.5), tmp_path / "b",
+                                  exact_grade, progress=False))
