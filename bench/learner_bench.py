@@ -72,5 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def markdown_rows(result: dict) -> str:
+    """The table rows of BENCHMARKS.md's learner section from this script's JSON line (for bench/run.py)."""
+    out = []
+    for r in result["rows"]:
+        c, pl = r["chunked"], r["plain"]
+        if "error" in c:
+            continue
+        if pl and "error" not in pl:
+            out.append(f"| {r['length']} | {pl['peak_memory_bytes'] / GIB:.2f} GiB | {c['peak_memory_bytes'] / GIB:.2f} GiB | "
+                       f"**{pl['peak_memory_bytes'] / c['peak_memory_bytes']:.1f}× less** | {pl['tokens_per_s']:.0f} | "
+                       f"{c['tokens_per_s']:.0f} | **{c['tokens_per_s'] / pl['tokens_per_s']:.2f}×** |")
+        else:
+            out.append(f"| {r['length']} | not run | {c['peak_memory_bytes'] / GIB:.2f} GiB | | | {c['tokens_per_s']:.0f} | |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     sys.exit(main())
