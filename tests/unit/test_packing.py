@@ -53,7 +53,7 @@ def test_the_issue_example_has_little_padding():
     assert before / sum(lengths) > 4
 
 
-def test_fewest_micro_batches_then_least_padding():
+def test_least_padding_plus_a_price_per_pass():
     # 10 x 100 within 500 tokens: 2 micro-batches of 5
     assert [len(mb) for mb in plan_micro_batches([100] * 10, 1, 500)[0]] == [5, 5]
     # [400, 300, 300, 100, 100] within 1200: two micro-batches either way; [400] + [300, 300, 100, 100]
@@ -61,6 +61,12 @@ def test_fewest_micro_batches_then_least_padding():
     # 1200 + 200 -> the last (200 tokens of padding)
     plan = plan_micro_batches([400, 300, 300, 100, 100], 1, 1200)
     assert plan == [[[0, 1, 2], [3, 4]]]
+    # a budget large enough for everything does not put short answers beside long ones
+    lengths = [384] * 30 + [8320] * 2
+    plan = plan_micro_batches(lengths, 1, 1_000_000)
+    assert plan == [[[30, 31], list(range(30))]] and plan_tokens(plan, lengths) == (28160, 28160)
+    # but close lengths share a pass rather than pay for one more (100 tokens of padding < a pass)
+    assert plan_micro_batches([110, 100], 1, 1000) == [[[0, 1]]]
     # the cap on samples per micro-batch still holds under a generous budget
     plan = plan_micro_batches([10] * 16, 1, 10_000, max_samples=4)
     assert [len(mb) for mb in plan[0]] == [4, 4, 4, 4]
