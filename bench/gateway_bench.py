@@ -10,8 +10,10 @@ top_p 0.95, max_tokens 96, a per-request seed.  Compared:
 (`vllm serve` runs as ``python -m vllm.entrypoints.openai.api_server``, the module behind it.)
 
 * ``/v1/completions`` on both (the same request body): the gateway's plain path;
-* the gateway's ``POST /generate`` in auto mode (reasoning split, think-probability probe beside
-  the generation) against the same `vllm serve` completions.
+* the gateway's ``POST /generate`` in auto mode (reasoning split, and ``think_probability`` read
+  from the first sampling step's log-probs) against the same `vllm serve` completions;
+* time to first token of streaming ``/generate`` with ``think_threshold`` (routing decided at the
+  first step) against plain auto, same load.
 
 Rounds alternate between servers; the figures are medians over rounds.  Prints JSON.
 """
@@ -81,6 +83,32 @@ async def load(url: str, bodies: list[dict], concurrency: int) -> dict:
     return {"tokens_per_s": tokens / wall, "p50_s": statistics.median(latencies), "requests": len(latencies), "tokens": tokens}
 
 
+async def ttft(url: str, bodies: list[dict], concurrency: int) -> dict:
+    """Streaming requests: seconds to the first delta event, median over requests."""
+    import httpx
+
+    firsts: list[float] = []
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            t0 = time.perf_counter()
+            first = None
+            async with client.stream("POST", url, json={**body, "stream": True}) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if first is None and line.startswith("data: {") and '"delta"' in line:
+                        first = time.perf_counter() - t0
+            firsts.append(first if first is not None else time.perf_counter() - t0)
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+    return {"ttft_p50_s": statistics.median(firsts), "requests": len(firsts)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / ".cache" / "toy-model"))
@@ -119,6 +147,8 @@ def main() -> None:
         return start(cmd, f"http://127.0.0.1:{port}/ready", work / "gateway.log"), f"http://127.0.0.1:{port}"
 
     runs: dict[str, list[dict]] = {"vllm_serve": [], "gateway_completions": [], "gateway_generate_auto": []}
+    ttfts: dict[str, list[float]] = {"auto": [], "think_threshold": []}
+    thresholded = [{**b, "think_threshold": 0.5} for b in generates]
     for _ in range(args.rounds):
         proc, base = vllm_serve()
         try:
@@ -129,9 +159,12 @@ def main() -> None:
         proc, base = gateway()
         try:
             asyncio.run(load(f"{base}/v1/completions", completions[:16], args.concurrency))
-            asyncio.run(load(f"{base}/generate", generates[:16], args.concurrency))  # the first prompt-logprobs batch costs ~2 s once
+            asyncio.run(load(f"{base}/generate", generates[:16], args.concurrency))
             runs["gateway_completions"].append(asyncio.run(load(f"{base}/v1/completions", completions, args.concurrency)))
             runs["gateway_generate_auto"].append(asyncio.run(load(f"{base}/generate", generates, args.concurrency)))
+            for _ in range(2):  # alternate, so drift hits both alike
+                ttfts["auto"].append(asyncio.run(ttft(f"{base}/generate", generates[:48], args.concurrency))["ttft_p50_s"])
+                ttfts["think_threshold"].append(asyncio.run(ttft(f"{base}/generate", thresholded[:48], args.concurrency))["ttft_p50_s"])
         finally:
             stop(proc)
 
@@ -146,6 +179,10 @@ def main() -> None:
     for n in ("gateway_completions", "gateway_generate_auto"):
         out[f"{n}_throughput_ratio"] = round(out[f"{n}_tokens_per_s"] / out["vllm_serve_tokens_per_s"], 3)
         out[f"{n}_p50_ratio"] = round(out[f"{n}_p50_s"] / out["vllm_serve_p50_s"], 3)
+    out["ttft_p50_auto_s"] = round(statistics.median(ttfts["auto"]), 4)
+    out["ttft_p50_think_threshold_s"] = round(statistics.median(ttfts["think_threshold"]), 4)
+    out["ttft_threshold_ratio"] = round(out["ttft_p50_think_threshold_s"] / out["ttft_p50_auto_s"], 3)
+    out["ttft_spread"] = {k: [round(v, 4) for v in vs] for k, vs in ttfts.items()}
     print(json.dumps(out))
 
 

@@ -137,8 +137,9 @@ class VLLMEngine:
             self._loop = asyncio.get_running_loop()
             self._swap_lock = asyncio.Lock()
             # the first calls with per-token log-probs cost a few seconds once: pay them before /ready
-            async for _ in self.stream(self.encode_trusted("warm-up"), Sampling(max_tokens=2, probe_close=True, logprobs=1), "warm-up"):
-                pass
+            for i, warm in enumerate([Sampling(max_tokens=2, probe_close=True), Sampling(max_tokens=2, logprobs=1)]):
+                async for _ in self.stream(self.encode_trusted("warm-up"), warm, f"warm-up-{i}"):
+                    pass
         except Exception as e:  # reported by /ready and the log; the process stays up to say why
             self.error = f"the engine failed to start: {type(e).__name__}"
             log.exception("engine failed to start")

@@ -166,9 +166,10 @@ class _Choice:
         self.answer.append(a)
         self.raw.append(text)
         self.reasoning_has_text = self.reasoning_has_text or r.strip() != ""
-        if not text and not ids:
+        kept = tuple(x for x in (logprobs or ()) if x is not None)
+        if not text and not kept:
             return None
-        return ChoiceDelta(self.index, r, a, text, tuple(x for x in (logprobs or ()) if x is not None))
+        return ChoiceDelta(self.index, r, a, text, kept)
 
 
 async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: str) -> AsyncIterator[ChoiceDelta | ChoiceResult]:

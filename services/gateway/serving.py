@@ -11,6 +11,7 @@ or an engine failure, which the routes turn into a 500 with the request id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -154,20 +155,26 @@ class Serving:
             for i in range(job.n)
         ]
         results: list[ChoiceResult] = []
-        async for ev in merge([generate_choice(self.engine, plan, i, job.request_id) for i, plan in enumerate(plans)]):
-            if isinstance(ev, ChoiceResult):
-                results.append(ev)
-            else:
-                yield ev
+        # aclosing all the way down: when a client leaves, closing the outermost generator closes
+        # this one, merge() and every choice, whose engine calls are then aborted — at once, not
+        # whenever the garbage collector finalises a forgotten generator
+        async with contextlib.aclosing(merge([generate_choice(self.engine, plan, i, job.request_id)
+                                              for i, plan in enumerate(plans)])) as events:
+            async for ev in events:
+                if isinstance(ev, ChoiceResult):
+                    results.append(ev)
+                else:
+                    yield ev
         results.sort(key=lambda r: r.index)
         self.metrics.record(len(job.prompt_ids), results)
         yield Finished(results, self.engine.clock.versions(ticket))
 
     async def collect(self, job: Job) -> Finished:
         final = None
-        async for ev in self.execute(job):
-            if isinstance(ev, Finished):
-                final = ev
+        async with contextlib.aclosing(self.execute(job)) as events:
+            async for ev in events:
+                if isinstance(ev, Finished):
+                    final = ev
         assert final is not None
         return final
 
@@ -191,11 +198,12 @@ class ServingGenerate(Serving):
         return self._events(job, mode, t0)
 
     async def _events(self, job: Job, mode: Mode, t0: float) -> AsyncIterator[str]:
-        async for ev in self.execute(job):
-            if isinstance(ev, Finished):
-                yield sse({"type": "result", **self.body(job, mode, ev, t0)})
-            else:
-                yield sse({"type": "delta", "index": ev.index, "reasoning": ev.reasoning, "text": ev.answer})
+        async with contextlib.aclosing(self.execute(job)) as events:
+            async for ev in events:
+                if isinstance(ev, Finished):
+                    yield sse({"type": "result", **self.body(job, mode, ev, t0)})
+                else:
+                    yield sse({"type": "delta", "index": ev.index, "reasoning": ev.reasoning, "text": ev.answer})
         yield DONE
 
     def body(self, job: Job, mode: Mode, fin: Finished, t0: float) -> dict[str, Any]:
@@ -279,25 +287,26 @@ class ServingChat(Serving):
 
         for i in range(req.n):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-        async for ev in self.execute(job):
-            if isinstance(ev, Finished):
-                for r in ev.results:
-                    yield chunk([{"index": r.index, "delta": {}, "logprobs": None, "finish_reason": r.finish_reason}],
-                                system_fingerprint=ev.fingerprint, policy_version=ev.policy_version,
-                                policy_versions=ev.policy_versions, think_probability=r.think_probability, routed_to=r.routed_to)
-                if req.stream_options and req.stream_options.include_usage:
-                    yield chunk([], usage=usage(len(job.prompt_ids), ev.results))
-                continue
-            delta: dict[str, str] = {}
-            if ev.reasoning:
-                delta["reasoning"] = delta["reasoning_content"] = ev.reasoning
-            if ev.answer:
-                delta["content"] = ev.answer
-            logprobs = None
-            if req.logprobs and ev.logprobs:
-                logprobs = {("content" if ev.answer else "reasoning"): [_chat_logprob(lp) for lp in ev.logprobs]}
-            if delta or logprobs:
-                yield chunk([{"index": ev.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}])
+        async with contextlib.aclosing(self.execute(job)) as events:
+            async for ev in events:
+                if isinstance(ev, Finished):
+                    for r in ev.results:
+                        yield chunk([{"index": r.index, "delta": {}, "logprobs": None, "finish_reason": r.finish_reason}],
+                                    system_fingerprint=ev.fingerprint, policy_version=ev.policy_version,
+                                    policy_versions=ev.policy_versions, think_probability=r.think_probability, routed_to=r.routed_to)
+                    if req.stream_options and req.stream_options.include_usage:
+                        yield chunk([], usage=usage(len(job.prompt_ids), ev.results))
+                    continue
+                delta: dict[str, str] = {}
+                if ev.reasoning:
+                    delta["reasoning"] = delta["reasoning_content"] = ev.reasoning
+                if ev.answer:
+                    delta["content"] = ev.answer
+                logprobs = None
+                if req.logprobs and ev.logprobs:
+                    logprobs = {("content" if ev.answer else "reasoning"): [_chat_logprob(lp) for lp in ev.logprobs]}
+                if delta or logprobs:
+                    yield chunk([{"index": ev.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}])
         yield DONE
 
 
@@ -335,16 +344,17 @@ class ServingCompletion(Serving):
 
     async def _events(self, req: CompletionRequest, job: Job, head: dict[str, Any]) -> AsyncIterator[str]:
         offsets = [0] * job.n
-        async for ev in self.execute(job):
-            if isinstance(ev, Finished):
-                for r in ev.results:
-                    yield sse({**head, "object": "text_completion", "system_fingerprint": ev.fingerprint, "choices": [
-                        {"index": r.index, "text": "", "logprobs": None, "finish_reason": r.finish_reason}]})
-                if req.stream_options and req.stream_options.include_usage:
-                    yield sse({**head, "object": "text_completion", "choices": [], "usage": usage(len(job.prompt_ids), ev.results)})
-            elif ev.raw:
-                logprobs = _completion_logprobs(ev.logprobs, offsets[ev.index]) if req.logprobs is not None else None
-                offsets[ev.index] += len(ev.raw)
-                yield sse({**head, "object": "text_completion", "choices": [
-                    {"index": ev.index, "text": ev.raw, "logprobs": logprobs, "finish_reason": None}]})
+        async with contextlib.aclosing(self.execute(job)) as events:
+            async for ev in events:
+                if isinstance(ev, Finished):
+                    for r in ev.results:
+                        yield sse({**head, "object": "text_completion", "system_fingerprint": ev.fingerprint, "choices": [
+                            {"index": r.index, "text": "", "logprobs": None, "finish_reason": r.finish_reason}]})
+                    if req.stream_options and req.stream_options.include_usage:
+                        yield sse({**head, "object": "text_completion", "choices": [], "usage": usage(len(job.prompt_ids), ev.results)})
+                elif ev.raw:
+                    logprobs = _completion_logprobs(ev.logprobs, offsets[ev.index]) if req.logprobs is not None else None
+                    offsets[ev.index] += len(ev.raw)
+                    yield sse({**head, "object": "text_completion", "choices": [
+                        {"index": ev.index, "text": ev.raw, "logprobs": logprobs, "finish_reason": None}]})
         yield DONE

