@@ -35,11 +35,12 @@ def fixed_batch(tok, groups=4):
     return build_batch(out, Stage())
 
 
-def make_trainer(model_dir, micro, zero=2):
+def make_trainer(model_dir, micro, zero=2, budget=32_768, dtype="float32", **kw):
     from services.learner.trainer import GRPOTrainer
 
-    optim = OptimConfig(lr=1e-4, epochs=1, mini_batch_prompts=2, micro_batch_samples=micro, gradient_checkpointing=False)
-    return GRPOTrainer(model_dir, optim, DeepSpeedConfig(zero_stage=zero, dtype="float32"))
+    optim = OptimConfig(lr=1e-4, epochs=1, mini_batch_prompts=2, micro_batch_samples=micro, gradient_checkpointing=False,
+                        max_tokens_per_micro_batch=budget)
+    return GRPOTrainer(model_dir, optim, DeepSpeedConfig(zero_stage=zero, dtype=dtype), **kw)
 
 
 def test_learning_happens_on_a_fixed_batch(toy_model):
@@ -110,3 +111,64 @@ def test_one_update_per_batch_skips_the_old_logprob_pass_and_makes_the_same_upda
         assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
     assert stats[0]["approx_kl"] == 0.0 and stats[0]["clip_fraction"] == 0.0
     assert abs(stats[1]["approx_kl"]) < 1e-6 and abs(stats[0]["loss"] - stats[1]["loss"]) < 1e-6
+
+
+def _same_update(model_dir, variants, atol=1e-6):
+    """Train a fresh trainer per variant (kwargs of make_trainer) on the fixed batch, two epochs so
+    the old log-prob pass runs too; every variant must reach the same parameters."""
+    from transformers import AutoTokenizer
+
+    batch = fixed_batch(AutoTokenizer.from_pretrained(model_dir))
+    results, stats = [], []
+    for kw in variants:
+        t = make_trainer(model_dir, **kw)
+        t.optim = t.optim.model_copy(update={"epochs": 2})
+        stats.append(t.train(batch, groups_per_mini_batch=4, temperature=0.6))
+        results.append(t.state_dict())
+    for r in results[1:]:
+        for k in results[0]:
+            assert torch.allclose(results[0][k], r[k], atol=atol), (k, (results[0][k] - r[k]).abs().max())
+    return stats
+
+
+def test_update_does_not_depend_on_the_token_budget(toy_model):
+    """The whole mini-batch in one pass, or cut by a 96-token budget into many: the same update."""
+    stats = _same_update(toy_model[0], [{"micro": 16}, {"micro": 16, "budget": 96}])
+    assert stats[0]["micro_batches"] == 1 and stats[1]["micro_batches"] >= 8, stats
+    assert stats[0]["real_tokens"] == stats[1]["real_tokens"] > 0
+    assert stats[1]["padding_fraction"] < stats[0]["padding_fraction"]  # smaller passes of similar lengths pad less
+
+
+def test_chunked_logprobs_make_the_same_update_as_full_logits(toy_model):
+    stats = _same_update(toy_model[0], [{"micro": 4, "chunked_logprobs": False}, {"micro": 4, "logprob_chunk_tokens": 7}])
+    assert abs(stats[0]["entropy"] - stats[1]["entropy"]) < 1e-5 and abs(stats[0]["loss"] - stats[1]["loss"]) < 1e-6
+
+
+def test_packed_sequences_make_the_same_update_as_right_padding(toy_model):
+    """The packed layout (sequences end to end, position ids restarting) is for flash-attention's
+    varlen kernel; transformers' sdpa path builds the same block-diagonal mask from the position
+    ids, which checks the layout on CPU."""
+    stats = _same_update(toy_model[0], [{"micro": 16}, {"micro": 16, "packed": True}], atol=2e-6)
+    assert stats[1]["padding_fraction"] == 0.0 < stats[0]["padding_fraction"]
+
+
+def test_step_metrics(toy_model):
+    from transformers import AutoTokenizer
+
+    batch = fixed_batch(AutoTokenizer.from_pretrained(toy_model[0]))
+    t = make_trainer(toy_model[0], micro=16)
+    st = t.train(batch, groups_per_mini_batch=4, temperature=0.6)
+    real = sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)
+    longest = max(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)
+    assert st["real_tokens"] == real and st["computed_tokens"] == longest * len(batch.samples)
+    assert abs(st["padding_fraction"] - (1 - real / st["computed_tokens"])) < 1e-9
+    assert st["tokens_per_s"] > 0 and st["seconds"] > 0
+    assert 50 << 20 < st["peak_memory_bytes"] < 8 << 30  # this process's resident peak during the step
+
+
+def test_bf16_training_publishes_bf16_weights(toy_model):
+    """Weights go out in the training dtype: bf16, half the bytes, no fp32 copy made."""
+    t = make_trainer(toy_model[0], micro=16, dtype="bfloat16", zero=0)
+    state = t.state_dict()
+    assert {v.dtype for v in state.values()} == {torch.bfloat16}
+    assert make_trainer(toy_model[0], micro=16).state_dict()[next(iter(state))].dtype == torch.float32

@@ -65,6 +65,7 @@ def test_three_stages_through_the_real_services(toy_model, redis_server, service
     for r in rows:
         assert r["samples"] == 16 and 0 <= r["think_rate"] <= 1 and r["entropy"] > 0
         assert set(r["no_think_rate_by_level"]) and r["optimizer_updates"] == 1
+        assert 0 <= r["padding_fraction"] < 1 and r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0  # issue 16
         # bounded staleness: step k trains on rollouts of version >= k - 1
         assert min(r["policy_versions"]) >= r["step"] - 1, r
     # the rollout service followed the published versions
