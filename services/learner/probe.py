@@ -81,7 +81,7 @@ def write_random_model(out: Path, shape: dict[str, int], seed: int = 0, dtype: s
         max_position_embeddings=131_072, tie_word_embeddings=False, use_cache=False,
     )
     torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"  # each rank its own GPU
     with torch.device(device):
         model = Qwen2ForCausalLM(cfg).to(getattr(torch, dtype))
     model.save_pretrained(str(out), safe_serialization=True)
@@ -108,10 +108,11 @@ def synthetic_batch(lengths: list[int], prompt_length: int, vocab: int, group_si
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autothink learner-probe",
-        description="Run one real GRPO update (old log-probs, loss, backward, optimizer step) with an experiment's "
-        "optimizer and DeepSpeed settings on synthetic samples of the given response lengths, and report peak memory, "
-        "tokens, micro-batches and time. Works on CPU (gloo) and GPU, and under torchrun for several ranks. The last "
-        "line of output is one JSON object.",
+        description="Run one real GRPO update (old log-probs, loss, backward, optimizer step) with an experiment's\n"
+        "optimizer and DeepSpeed settings on synthetic samples of the given response lengths, and report\n"
+        "peak memory, tokens, micro-batches and time: does the experiment fit, and how fast is it?\n"
+        "Works on CPU (gloo) and GPU, and under torchrun for several ranks. The last line of output is\n"
+        "one JSON object (peak_memory_bytes, real_tokens, computed_tokens, micro_batches, seconds, device, ...).",
         epilog="examples:\n"
         "  autothink learner-probe --random-model r1-vocab-tiny --lengths 8192\n"
         "  autothink learner-probe --model /models/DeepSeek-R1-Distill-Qwen-1.5B --experiment paper --stage stage3 "
