@@ -2,8 +2,9 @@
 
 The learner :meth:`WeightStore.publish`-es each new policy version; :func:`serve` exposes the
 store.  Consumers (rollout replicas, the gateway) use :class:`WeightClient` to watch for newer
-versions and fetch one as a stream of chunks; :meth:`WeightClient.fetch` returns the tensors only
-when every tensor arrived whole and its sha256 matches, and :class:`WeightFollower` applies
+versions and fetch one (over the bulk port, or as a stream of chunks); :meth:`WeightClient.fetch`
+returns the tensors only when every tensor arrived whole and its xxh3-128 checksum matches (one
+checksum per tensor, computed once, off the training loop), and :class:`WeightFollower` applies
 versions strictly forward.  Messages are at most ``chunk_bytes`` long, so any model size works.
 A shared token in the ``authorization`` metadata authenticates clients.
 """
@@ -66,8 +67,7 @@ class _Tensor:
     shape: list[int]
     offset: int  # in the version's blob
     nbytes: int
-    sha256: str
-    xxh3: str
+    xxh3: str  # xxh3-128 of the tensor's bytes: the one checksum, for the bulk and the stream path alike
 
 
 @dataclass
@@ -110,34 +110,65 @@ class WeightStore:
         self.keep = keep
         self._versions: OrderedDict[int, _Version] = OrderedDict()
         self._cond = threading.Condition()
+        self._announcing: threading.Thread | None = None
         self.closed = False
 
-    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
-        flat = []
-        total = 0
+    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor], wait: bool = True,
+                on_published: Callable[[int], None] | None = None) -> None:
+        """Publish ``state_dict`` as ``version``.
+
+        The tensors are copied once, here, into the version's aligned blob (from the device when
+        they live on one), so the caller may change them as soon as this returns.  Checksums and
+        the announcement follow; with ``wait=False`` they run on a background thread, off the
+        training loop, and ``on_published(version)`` is called once consumers can see it.
+        Versions are announced in the order they were published."""
+        flat, total = [], 0
         for name, t in state_dict.items():
             if t.dtype not in _NAMES:
                 raise ValueError(f"{name}: dtype {t.dtype} cannot be sent")
-            src = t.detach().contiguous().cpu().view(-1).view(torch.uint8)
-            flat.append((name, t, src, total))
-            total += -(-src.numel() // _ALIGN) * _ALIGN
-        blob = bytearray(total)
-        tensors = []
-        for name, t, src, off in flat:
-            n = src.numel()
-            if n:
-                torch.frombuffer(blob, dtype=torch.uint8, count=n, offset=off).copy_(src)
-            view = memoryview(blob)[off : off + n]
-            tensors.append(_Tensor(name, _NAMES[t.dtype], list(t.shape), off, n, hashlib.sha256(view).hexdigest(), xxhash.xxh3_128_hexdigest(view)))
-        digest = manifest_digest({t.name: t.sha256 for t in tensors})
+            flat.append((name, t, total))
+            total += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
         with self._cond:
             if self._versions and version <= next(reversed(self._versions)):
                 raise ValueError(f"version {version} is not newer than {next(reversed(self._versions))}")
-            self._versions[version] = _Version(version, tensors, blob, digest, time.time())
-            while len(self._versions) > self.keep:
-                self._versions.popitem(last=False)
-            self._cond.notify_all()
-        log.info("published policy version %d (%d tensors, %.1f MB)", version, len(tensors), sum(t.nbytes for t in tensors) / 1e6)
+        blob = bytearray(total)
+        layout = []
+        for name, t, off in flat:
+            n = t.numel() * t.element_size()
+            if n:
+                src = t.detach().contiguous().view(-1).view(torch.uint8)
+                torch.frombuffer(blob, dtype=torch.uint8, count=n, offset=off).copy_(src)  # device -> host: the only copy
+            layout.append((name, _NAMES[t.dtype], list(t.shape), off, n))
+        previous = self._announcing
+
+        def announce() -> None:
+            if previous is not None:
+                previous.join()  # keep announcements in version order
+            tensors = [_Tensor(name, dtype, shape, off, n, xxhash.xxh3_128_hexdigest(memoryview(blob)[off : off + n]))
+                       for name, dtype, shape, off, n in layout]
+            digest = manifest_digest({t.name: t.xxh3 for t in tensors})
+            with self._cond:
+                self._versions[version] = _Version(version, tensors, blob, digest, time.time())
+                while len(self._versions) > self.keep:
+                    self._versions.popitem(last=False)
+                self._cond.notify_all()
+            log.info("published policy version %d (%d tensors, %.1f MB)", version, len(tensors), sum(t.nbytes for t in tensors) / 1e6)
+            if on_published is not None:
+                try:
+                    on_published(version)
+                except Exception:  # noqa: BLE001 - the version is out; a failed side note must not hide that
+                    log.exception("after publishing version %d", version)
+
+        if wait:
+            announce()
+            return
+        self._announcing = threading.Thread(target=announce, name=f"publish-v{version}", daemon=True)
+        self._announcing.start()
+
+    def flush(self) -> None:
+        """Wait until every version published so far is announced."""
+        if self._announcing is not None:
+            self._announcing.join()
 
     def latest(self) -> _Version | None:
         with self._cond:
@@ -172,6 +203,8 @@ class BulkServer:
     issued by ``FetchManifest`` (one use, one minute).  gRPC keeps the manifest and checksums."""
 
     TICKET_S = 60.0
+    SLICE_BYTES = 8 << 20
+    IDLE_TIMEOUT_S = 30.0
 
     def __init__(self, store: WeightStore, host: str, port: int):
         self.store = store
@@ -201,7 +234,7 @@ class BulkServer:
 
     def _send(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(30)
+            conn.settimeout(self.IDLE_TIMEOUT_S)
             try:
                 line = b""
                 while not line.endswith(b"\n") and len(line) < 64:
@@ -215,7 +248,11 @@ class BulkServer:
                 if v is None:
                     return  # unknown, used or expired ticket, or a version no longer kept: nothing is sent
                 conn.sendall(struct.pack(">Q", len(v.blob)))
-                conn.sendall(memoryview(v.blob))
+                # bounded by progress, not by total time: each slice must go within the socket
+                # timeout, so a slow but live client gets any size (a 3.5 GB model at 50 MB/s)
+                blob = memoryview(v.blob)
+                for off in range(0, len(blob), self.SLICE_BYTES):
+                    conn.sendall(blob[off : off + self.SLICE_BYTES])
                 self.sent += 1
             except OSError as e:
                 log.warning("bulk transfer failed: %s", e)
@@ -230,10 +267,15 @@ class BulkServer:
 
 
 class _Servicer(pb_grpc.WeightServiceServicer):
-    def __init__(self, store: WeightStore, chunk_bytes: int, bulk: BulkServer | None = None):
+    """A sync gRPC server gives each call a thread for as long as it runs, and a watch runs for
+    ever: watchers are capped (``max_watchers``) below the thread count, so however many
+    consumers watch, manifests and fetches always find a thread."""
+
+    def __init__(self, store: WeightStore, chunk_bytes: int, bulk: BulkServer | None = None, max_watchers: int = 256):
         self.store = store
         self.chunk_bytes = chunk_bytes
         self.bulk = bulk
+        self.watchers = threading.BoundedSemaphore(max_watchers)
 
     def FetchManifest(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.Manifest:
         v = self.store.get(request.policy_version)
@@ -242,18 +284,23 @@ class _Servicer(pb_grpc.WeightServiceServicer):
         return pb.Manifest(
             policy_version=v.number, total_bytes=len(v.blob), manifest_digest=v.digest,
             tensors=[pb.TensorMeta(name=t.name, dtype=t.dtype, shape=t.shape, offset=t.offset, nbytes=t.nbytes,
-                                   sha256=t.sha256, xxh3_128=t.xxh3) for t in v.tensors],
+                                   xxh3_128=t.xxh3) for t in v.tensors],
             bulk_port=self.bulk.port if self.bulk is not None else 0,
             ticket=self.bulk.issue(v.number) if self.bulk is not None else "",
         )
 
     def WatchVersions(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.VersionInfo]:
-        after = request.after_version
-        while context.is_active() and not self.store.closed:
-            v = self.store.wait_newer(after, timeout=0.5)
-            if v is not None:
-                after = v.number
-                yield _info(v)
+        if not self.watchers.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many watchers on this weight service; retry later")
+        try:
+            after = request.after_version
+            while context.is_active() and not self.store.closed:
+                v = self.store.wait_newer(after, timeout=0.5)
+                if v is not None:
+                    after = v.number
+                    yield _info(v)
+        finally:
+            self.watchers.release()
 
     def FetchVersion(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> Iterator[pb.TensorChunk]:
         v = self.store.get(request.policy_version)
@@ -269,7 +316,7 @@ class _Servicer(pb_grpc.WeightServiceServicer):
                 last = k == len(offsets) - 1
                 yield pb.TensorChunk(
                     policy_version=v.number, name=t.name, dtype=t.dtype, shape=t.shape, total_bytes=n, offset=off,
-                    data=bytes(data[off : off + self.chunk_bytes]), sha256=t.sha256 if last else "", last_chunk=last,
+                    data=bytes(data[off : off + self.chunk_bytes]), last_chunk=last,
                 )
 
 
@@ -289,16 +336,20 @@ class _TokenAuth(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
-def serve(store: WeightStore, bind: str, token: str = "", chunk_bytes: int = 4 << 20, max_workers: int = 16, bulk: bool = True) -> grpc.Server:
+def serve(store: WeightStore, bind: str, token: str = "", chunk_bytes: int = 4 << 20, max_workers: int = 16, bulk: bool = True,
+          max_watchers: int = 256) -> grpc.Server:
     """Start the weight service on ``bind`` (host:port; port 0 picks one: see ``server.port``).
 
-    With ``bulk``, the bulk port listens on the gRPC port + 1 (any free port when the gRPC port
-    was 0); if it cannot bind, clients fall back to the chunk stream."""
+    ``max_workers`` threads serve manifests and fetches, on top of one thread per watcher (at
+    most ``max_watchers``; more are refused with RESOURCE_EXHAUSTED and retry).  With ``bulk``,
+    the bulk port listens on the gRPC port + 1 (any free port when the gRPC port was 0); if it
+    cannot bind, clients fall back to the chunk stream."""
     interceptors = [_TokenAuth(token)] if token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors, options=_UNLIMITED)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers + max_watchers), interceptors=interceptors,
+                         options=_UNLIMITED)
     host, _, want = bind.rpartition(":")
     bulk_server = None
-    servicer = _Servicer(store, chunk_bytes)
+    servicer = _Servicer(store, chunk_bytes, max_watchers=max_watchers)
     pb_grpc.add_WeightServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(bind)
     if port == 0:
@@ -358,14 +409,14 @@ class WeightClient:
                 return out
             except (OSError, EOFError) as e:
                 log.warning("bulk port %s:%d unusable (%s); fetching over the gRPC stream", self.host, manifest.bulk_port, e)
-        out = self._fetch_stream(info)
+        out = self._fetch_stream(info, manifest)
         self.last_path = "stream"
         return out
 
     def _fetch_bulk(self, info: pb.VersionInfo, m: pb.Manifest) -> dict[str, torch.Tensor]:
         if m.policy_version != info.policy_version or m.manifest_digest != info.manifest_digest:
             raise WeightIntegrityError("the manifest is not the announced version's")
-        if len(m.tensors) != info.num_tensors or manifest_digest({t.name: t.sha256 for t in m.tensors}) != info.manifest_digest:
+        if len(m.tensors) != info.num_tensors or manifest_digest({t.name: t.xxh3_128 for t in m.tensors}) != info.manifest_digest:
             raise WeightIntegrityError("manifest digest mismatch")
         for t in m.tensors:
             if t.offset < 0 or t.nbytes < 0 or t.offset + t.nbytes > m.total_bytes:
@@ -381,8 +432,8 @@ class WeightClient:
             got = 0
             while got < n:
                 k = conn.recv_into(view[got:], min(n - got, 64 << 20))
-                if k == 0:
-                    raise WeightIntegrityError(f"bulk transfer ended after {got} of {n} bytes")
+                if k == 0:  # a transport failure, not a bad version: the stream path may still work
+                    raise ConnectionError(f"bulk transfer ended after {got} of {n} bytes")
                 got += k
         out = {}
         for t in m.tensors:
@@ -404,10 +455,16 @@ class WeightClient:
         self.buffers_allocated += 1
         return self._buffer
 
-    def _fetch_stream(self, info: pb.VersionInfo) -> dict[str, torch.Tensor]:
+    def _fetch_stream(self, info: pb.VersionInfo, manifest: pb.Manifest | None = None) -> dict[str, torch.Tensor]:
+        """The version as a stream of chunks, checked against the manifest's checksums."""
+        if manifest is None:
+            manifest = self.stub.FetchManifest(pb.FetchRequest(policy_version=info.policy_version), metadata=self.metadata, timeout=60)
+        checksums = {t.name: t.xxh3_128 for t in manifest.tensors}
+        if len(checksums) != info.num_tensors or manifest_digest(checksums) != info.manifest_digest:
+            raise WeightIntegrityError("manifest digest mismatch")
         bufs: dict[str, bytearray] = {}
         meta: dict[str, tuple[str, list[int], int]] = {}
-        checksums: dict[str, str] = {}
+        complete: set[str] = set()
         stream = self.stub.FetchVersion(pb.FetchRequest(policy_version=info.policy_version), metadata=self.metadata, timeout=self.timeout_s)
         for chunk in stream:
             if chunk.policy_version != info.policy_version:
@@ -418,19 +475,17 @@ class WeightClient:
             buf += chunk.data
             meta[chunk.name] = (chunk.dtype, list(chunk.shape), chunk.total_bytes)
             if chunk.last_chunk:
-                checksums[chunk.name] = chunk.sha256
-        if len(bufs) != info.num_tensors or set(checksums) != set(bufs):
-            raise WeightIntegrityError(f"got {len(checksums)} complete tensors of {info.num_tensors}")
+                complete.add(chunk.name)
+        if len(bufs) != info.num_tensors or complete != set(bufs) or complete != set(checksums):
+            raise WeightIntegrityError(f"got {len(complete)} complete tensors of {info.num_tensors}")
         out = {}
         for name, buf in bufs.items():
             dtype, shape, total = meta[name]
             if len(buf) != total:
                 raise WeightIntegrityError(f"{name}: {len(buf)} bytes of {total}")
-            if hashlib.sha256(buf).hexdigest() != checksums[name]:
+            if xxhash.xxh3_128_hexdigest(buf) != checksums[name]:
                 raise WeightIntegrityError(f"{name}: checksum mismatch")
             out[name] = tensor_from(buf, dtype, shape)
-        if manifest_digest(checksums) != info.manifest_digest:
-            raise WeightIntegrityError("manifest digest mismatch")
         return out
 
     def close(self) -> None:
@@ -450,17 +505,35 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 class WeightFollower:
     """Watches a weight service and hands each newer, verified version to ``apply``, in order.
 
-    ``apply(version, tensors)`` is called from the follower's thread; a version that fails
+    ``apply(version, tensors)`` is called from the follower's thread.  A version that fails
     verification is skipped (the consumer keeps what it has) and the next announcement is awaited.
+    *Any* other error -- the service gone, ``apply`` failing on a full /dev/shm -- is logged,
+    counted and retried with backoff (up to 5 s); the thread never dies of it, and :attr:`healthy`
+    turns False while a newer version keeps failing, so the service's /health can say that it is
+    running on stale weights instead of doing so silently.
     """
+
+    UNHEALTHY_AFTER = 3  # failed attempts in a row at a version the service has not got
 
     def __init__(self, client: WeightClient, apply: Callable[[int, dict[str, torch.Tensor]], None], current_version: int = 0):
         self.client = client
         self.apply = apply
         self.version = current_version
         self.rejected = 0
+        self.failures = 0  # attempts in a row that failed to fetch or apply an announced newer version
+        self.last_error: str | None = None
+        self.newest_seen = current_version
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-follower", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        """The thread runs, and no newer version has failed to apply ``UNHEALTHY_AFTER`` times in a row."""
+        return (self._thread.is_alive() or self._stop.is_set()) and self.failures < self.UNHEALTHY_AFTER
+
+    def status(self) -> dict[str, object]:
+        return {"version": self.version, "newest_seen": self.newest_seen, "failures": self.failures,
+                "rejected": self.rejected, "last_error": self.last_error, "healthy": self.healthy}
 
     def start(self) -> WeightFollower:
         self._thread.start()
@@ -474,6 +547,7 @@ class WeightFollower:
                     wait = 1.0
                     if self._stop.is_set():
                         return
+                    self.newest_seen = max(self.newest_seen, info.policy_version)
                     if info.policy_version <= self.version:
                         continue  # versions only move forward
                     try:
@@ -485,12 +559,22 @@ class WeightFollower:
                     self.apply(info.policy_version, tensors)
                     del tensors  # frees the client's receive buffer for the next version
                     self.version = info.policy_version
+                    self.failures, self.last_error = 0, None
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
                 # a learner that finished or restarts: say so once, then back off quietly up to 5 s
                 (log.warning if wait == 1.0 else log.debug)(
                     "weight service unavailable (%s); retrying (keeping policy version %d)", e.code() if hasattr(e, "code") else e, self.version)
+                self._stop.wait(wait)
+                wait = min(wait * 2, 5.0)
+            except Exception as e:  # noqa: BLE001 - applying failed: keep the thread, count it, try again
+                if self._stop.is_set():
+                    return
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {e}"[:500]
+                log.exception("applying a new policy version failed (%d in a row; still on version %d); retrying in %.0f s",
+                              self.failures, self.version, wait)
                 self._stop.wait(wait)
                 wait = min(wait * 2, 5.0)
 

@@ -188,3 +188,54 @@ def toy_model() -> tuple[Path, dict, list[str]]:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, json.loads(r.stdout.strip().splitlines()[-1]), cmd
+
+
+# ---------------------------------------------------------------------------- nothing left behind
+# Every process a test starts inherits this marker; after the whole run, none may still be alive.
+# That catches what a descendant check cannot: an engine process re-parented to init when its
+# service was killed with SIGKILL.
+SESSION_MARK = f"{os.getpid()}-{time.time_ns()}"
+os.environ["AUTOTHINK_TEST_SESSION"] = SESSION_MARK
+
+
+def _marked_processes() -> dict[int, str]:
+    found = {}
+    needle = f"AUTOTHINK_TEST_SESSION={SESSION_MARK}".encode()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        pid = int(entry)
+        if pid == os.getpid() or not alive(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+        except OSError:
+            continue
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not sys.platform.startswith("linux") or hasattr(session.config, "workerinput"):
+        return
+    import autothink.grading as grading
+
+    if grading._default_pool is not None:  # grade()'s shared pool is closed at exit; close it now
+        grading._default_pool.close()
+    deadline = time.time() + 15  # a stopped service's engine takes a moment to go
+    left = _marked_processes()
+    while left and time.time() < deadline:
+        time.sleep(0.5)
+        left = _marked_processes()
+    if left:
+        import signal
+
+        lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+        session.config.get_terminal_writer().line(f"\nprocesses started by the tests outlived them:\n{lines}", red=True)
+        for pid in left:  # leave the machine clean all the same
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from autothink.batching import GroupDeduper, batch_stats, build_batch
+from autothink.bus.base import Leases
 from autothink.bus.messages import PromptMsg, ScoredGroup
 from autothink.config import RunConfig
 from autothink.data import load_problems
@@ -62,6 +63,7 @@ class Learner:
             self.bus = RedisBus(run.redis.url, svc.run_id, run.redis.max_stream_len, run.redis.claim_idle_ms,
                                 max_deliveries=run.redis.max_deliveries)
             self.bus.ensure_group(self.bus.names.scored, GROUP)
+            self.leases = Leases(self.bus, GROUP, self.consumer).start()  # buffered groups wait for their step: keep them ours
             self.store = WeightStore()
             self.server = serve(self.store, svc.weights_bind, run.weights.token, run.weights.chunk_bytes)
             if self.state["policy_version"] > 0:
@@ -104,6 +106,7 @@ class Learner:
                     self.bus.ack(names.scored, GROUP, entry.id)  # a late duplicate or an old step's group
                     continue
                 self.buffer.setdefault(g.prompt.step, []).append((entry.id, g))
+                self.leases.hold(names.scored, entry.id)
         got = self.buffer.pop(step.index)
         return [g for _, g in got[:want]], [e for e, _ in got]
 
@@ -148,6 +151,7 @@ class Learner:
             if self.rank == 0:
                 self._publish(version, state)
                 self.bus.ack(self.bus.names.scored, GROUP, *entry_ids)
+                self.leases.drop(self.bus.names.scored, *entry_ids)
             t3 = time.perf_counter()
             row = {
                 "step": k, "stage": step.stage.name, "policy_version": version, **stats, **batch_stats(batch),
@@ -171,8 +175,9 @@ class Learner:
                 bar.set_postfix(stage=step.stage.name, reward=f"{row['reward_shaped']:.2f}", think=f"{row['think_rate']:.2f}", acc=f"{row['accuracy']:.2f}")
 
     def _publish(self, version: int, state: dict) -> None:
-        self.store.publish(version, state)
-        self.bus.set_published_version(version)
+        """Copy the weights into the store now; checksum and announce them on a background thread
+        (training goes on), then record the version in Redis for a resumed learner."""
+        self.store.publish(version, state, wait=False, on_published=self.bus.set_published_version)
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint(self) -> None:
@@ -215,6 +220,8 @@ class Learner:
 
     def close(self) -> None:
         if self.rank == 0:
+            self.leases.stop()
             self.watch.close()
+            self.store.flush()
             self.store.close()
             self.server.stop(grace=1).wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from autothink.config import RedisConfig, Strict, WeightSyncConfig
@@ -14,8 +16,15 @@ class RolloutServiceConfig(Strict):
     redis: RedisConfig = RedisConfig()
     weights: WeightSyncConfig = WeightSyncConfig()
     follow_weights: bool = Field(True, description="Watch the weight service and swap in new versions.")
-    prompts_per_generate: int = Field(16, ge=1, description="Prompt messages batched into one vLLM call.")
-    batch_window_ms: int = Field(50, ge=0, description="After the first prompt arrives, wait this long for a fuller batch.")
+    max_inflight_prompts: int = Field(
+        64, ge=1,
+        description="Prompts generated at once, each its own engine request (n samples); a new one is admitted as soon as one "
+                    "finishes, so the engine's continuous batching stays full.")
+    weight_update: Literal["drain", "abort"] = Field(
+        "drain",
+        description="How a new policy version reaches the engine: 'drain' stops admitting prompts, lets the ones in flight "
+                    "finish with the old weights, then swaps; 'abort' aborts them, swaps at once and regenerates them with "
+                    "the new weights. Either way every group comes from exactly one policy version.")
     max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (default: what the model allows).")
     enforce_eager: bool = True
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)

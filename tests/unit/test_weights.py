@@ -1,6 +1,8 @@
 """Weight sync over real gRPC on loopback: chunking, checksums, auth, forward-only, drift."""
 
 import filecmp
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -212,3 +214,120 @@ def test_closing_the_store_ends_watch_streams(service):
     t0 = time.time()
     assert list(stream) == [] and time.time() - t0 < 5  # ends, instead of holding a server thread
     client.close()
+
+
+def test_follower_survives_a_failing_apply_and_says_so(service):
+    """Any error while applying (a full /dev/shm, an engine that refuses) is counted, shown and retried;
+    the thread lives on and the next attempt that works is applied."""
+    store, addr = service
+    applied, calls = [], []
+
+    def apply(version, tensors):
+        calls.append(version)
+        if len(calls) <= 3:
+            raise OSError(28, "No space left on device")
+        applied.append(version)
+
+    follower = W.WeightFollower(W.WeightClient(addr, token="s3cret"), apply).start()
+    try:
+        store.publish(1, _state(1))
+        deadline = time.time() + 20
+        while follower.failures < 3 and time.time() < deadline:
+            time.sleep(0.02)
+        status = follower.status()
+        assert status["failures"] == 3 and "No space left" in status["last_error"] and status["newest_seen"] == 1
+        assert not follower.healthy and follower.version == 0  # stale weights are reported, not hidden
+        deadline = time.time() + 20
+        while not applied and time.time() < deadline:
+            time.sleep(0.05)
+        assert applied == [1] and follower.version == 1 and follower.healthy and follower.failures == 0
+        store.publish(2, _state(2))
+        deadline = time.time() + 10
+        while applied[-1] != 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert applied == [1, 2]
+    finally:
+        follower.stop()
+
+
+def test_watchers_cannot_starve_fetches():
+    """Each watch holds a server thread for ever; with more watchers than fetch threads, a fetch still answers."""
+    store = W.WeightStore()
+    server = W.serve(store, "127.0.0.1:0", max_workers=2, max_watchers=8)
+    addr = f"127.0.0.1:{server.port}"
+    clients = [W.WeightClient(addr) for _ in range(10)]
+    try:
+        streams = [c.watch(after_version=0, timeout_s=30) for c in clients]
+        def hold(stream):
+            try:
+                next(stream, None)
+            except grpc.RpcError:  # refused (RESOURCE_EXHAUSTED) or cancelled at the end
+                pass
+
+        threads = [threading.Thread(target=hold, args=(s,), daemon=True) for s in streams]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # 8 watchers hold their threads; 2 more were refused (RESOURCE_EXHAUSTED) and retry
+        store.publish(1, _state(1))
+        fetcher = W.WeightClient(addr)
+        t0 = time.monotonic()
+        info = pb.VersionInfo(policy_version=1, num_tensors=4, manifest_digest=store.get(1).digest)
+        got = fetcher.fetch(info)
+        assert time.monotonic() - t0 < 5 and torch.equal(got["step"], _state(1)["step"])
+        fetcher.close()
+    finally:
+        for c in clients:
+            c.close()
+        store.close()
+        server.stop(0)
+
+
+def test_a_slow_client_gets_the_whole_version_and_a_cut_transfer_falls_back_to_the_stream(service_server):
+    store, server, addr = service_server
+    big = {"w": torch.arange(1 << 20, dtype=torch.float32)}  # 4 MiB
+    store.publish(1, big)
+    server.bulk.IDLE_TIMEOUT_S, server.bulk.SLICE_BYTES = 1.0, 256 << 10
+    client = W.WeightClient(addr, token="s3cret")
+    info = next(client.watch(after_version=0, timeout_s=10))
+    real_recv = socket.socket.recv_into
+
+    def slow_recv(sock, buf, n=0, *a):  # ~0.1 MB/s for 4 MiB: far longer than the 1 s idle timeout in total
+        time.sleep(0.02)
+        return real_recv(sock, buf, min(n or len(buf), 64 << 10), *a)
+
+    socket.socket.recv_into = slow_recv
+    try:
+        got = client.fetch(info)
+    finally:
+        socket.socket.recv_into = real_recv
+    assert client.last_path == "bulk" and torch.equal(got["w"], big["w"])
+
+    def cut(conn):  # the bulk port dies half-way through a transfer
+        with conn:
+            conn.recv(64)
+            conn.sendall(struct.pack(">Q", len(store.get(1).blob)) + bytes(1000))
+
+    server.bulk._send = cut
+    got = client.fetch(info)
+    assert client.last_path == "stream" and torch.equal(got["w"], big["w"])
+    client.close()
+
+
+def test_publishing_copies_once_then_announces_off_the_callers_thread(service):
+    store, _ = service
+    state = _state(1)
+    announced = []
+    store.publish(1, state, wait=False, on_published=announced.append)
+    for t in state.values():
+        t.zero_()  # the caller may change its tensors as soon as publish returns
+    store.publish(2, _state(2), wait=False, on_published=announced.append)
+    store.flush()
+    assert announced == [1, 2]
+    blob_v1 = store.get(1)
+    assert blob_v1 is None or torch.equal(W.view_tensor(blob_v1.blob, *_where(blob_v1, "step")), _state(1)["step"])
+    assert store.latest().number == 2
+
+
+def _where(version, name):
+    t = next(t for t in version.tensors if t.name == name)
+    return t.offset, t.nbytes, t.dtype, t.shape
