@@ -95,6 +95,7 @@ class VLLMEngine:
         self.engine: Any = None
         self.tokenizer: Any = None
         self.close_id = -1
+        self.eos_id: int | None = None
         self.max_model_len = cfg.max_model_len or 0  # the engine's own value once it is up
         self.clock = VersionClock(cfg.policy_version)
         self.error: str | None = None
@@ -177,7 +178,7 @@ class VLLMEngine:
         close_id = tok.convert_tokens_to_ids("</think>")
         if not isinstance(close_id, int) or close_id == tok.unk_token_id:
             raise RuntimeError(f"the tokenizer of {self.cfg.model} has no </think> token; it is not an R1-style model")
-        self.tokenizer, self.close_id = tok, close_id
+        self.tokenizer, self.close_id, self.eos_id = tok, close_id, tok.eos_token_id
         # no token's text is longer than its vocabulary entry: a cheap bound to refuse prompts
         # that cannot fit the context before tokenising them
         self.max_token_chars = max(len(t) for t in tok.get_vocab())

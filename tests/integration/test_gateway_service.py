@@ -90,8 +90,12 @@ def test_modes(gateway):
 
 
 def _calibration(base: str, temperature: float, top_p: float) -> dict:
-    """think_probability against the sampled first tokens: 32 problems of every level x 16 samples."""
-    problems = [p for lvl in range(1, 9) for p in _problems(4, level=lvl)]
+    """think_probability against the sampled first tokens: 32 problems spread over the range of
+    think probabilities at these settings (picked from 64 of every level) x 16 samples."""
+    candidates = eval_split(0, 8)
+    measured = sorted((_gen(base, prompt=c.problem, temperature=temperature, top_p=top_p, max_tokens=1)["think_probability"], i)
+                      for i, c in enumerate(candidates))
+    problems = [candidates[measured[round(k * (len(measured) - 1) / 31)][1]] for k in range(32)]
     rows = []  # (p, thought) per sample
     for i, prob in enumerate(problems):
         body = _gen(base, prompt=prob.problem, mode="auto", temperature=temperature, top_p=top_p, n=16, seed=1000 + 16 * i, max_tokens=1)

@@ -98,6 +98,7 @@ class ScriptedModel:
     def __init__(self, reasoning: str = "3+4=7", answer: str = "\n\nso \\boxed{7}", closes_first: bool = False,
                  close_logprob: float = math.log(0.25), tokenizer: CharTokenizer | None = None):
         self.close_id = CLOSE
+        self.eos_id = EOS_ID
         self.reasoning, self.answer, self.closes_first = reasoning, answer, closes_first
         self.close_logprob = close_logprob
         self.bases: list[list[int]] = []  # prompts of first calls
@@ -331,8 +332,9 @@ def test_think_probability_comes_from_the_first_step_not_a_second_prefill() -> N
     """#21: the probe was a second full request (a second prefill) per auto request."""
     m = ScriptedModel(close_logprob=math.log(0.3))
     _, r = asyncio.run(_run(m, _plan(probe=True)))
-    assert r.think_probability == pytest.approx(0.7) and r.thought
-    assert len(m.calls) == 1 and m.calls[0].probe_close  # the one call that generates also measures
+    assert r.think_probability == pytest.approx(0.7) and r.thought and r.reasoning == "3+4=7"
+    # the call that samples the first token measures; the rest continues from it, unmeasured
+    assert m.calls[0].probe_close and m.calls[0].max_tokens == 1 and len(m.calls) == 2 and not m.calls[1].probe_close
 
 
 def test_threshold_routes_at_the_first_step() -> None:
@@ -348,7 +350,7 @@ def test_threshold_routes_at_the_first_step() -> None:
     # the model agrees with the route: one call, nothing overridden
     m = ScriptedModel(closes_first=False, close_logprob=math.log(0.1))
     _, r = asyncio.run(_run(m, _plan(probe=True, threshold=0.5)))
-    assert r.routed_to == "think" and r.thought and len(m.calls) == 1
+    assert r.routed_to == "think" and r.thought and len(m.calls) == 2 and not m.calls[1].ban_token_ids
 
 
 def test_routed_to_think_keeps_thinking_past_blank_reasoning() -> None:
@@ -454,7 +456,7 @@ def test_generate_response_shape(gateway) -> None:
 def test_generate_defaults_to_what_fits_the_context(gateway) -> None:
     """#21: /generate defaulted to max_tokens 1024 (an R1 model's reasoning cut)."""
     model, client = gateway()
-    body = _call(client, "POST", "/generate", json={"prompt": "q"}).json()
+    body = _call(client, "POST", "/generate", json={"prompt": "q", "mode": "think"}).json()
     assert model.calls[0].max_tokens == model.max_model_len - body["usage"]["prompt_tokens"]
 
 
@@ -620,7 +622,7 @@ def test_a_failing_choice_fails_the_request_at_once(gateway) -> None:
     real = model.stream
 
     async def stream(prompt_ids, sampling, request_id):
-        if request_id.endswith("-1-0"):
+        if request_id.endswith("-1-1"):  # the second call of the second choice, while the first choice streams
             raise RuntimeError("boom")
         async for d in real(prompt_ids, sampling, request_id):
             yield d
@@ -779,7 +781,11 @@ def test_client_disconnect_aborts_generation_and_frees_the_slot() -> None:
             closed = model.closed_streams
             with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"}], "stream": True},
                               timeout=10) as r:
-                next(r.iter_lines())
+                seen = 0
+                for line in r.iter_lines():  # well into the generation, then gone
+                    seen += '"reasoning"' in line
+                    if seen == 5:
+                        break
             assert _wait_for(lambda: slots.used == 0 and model.closed_streams == closed + 1), (slots.used, model.closed_streams)
         assert httpx.get(f"{base}/metrics").text.count("autothink_gateway_aborted_total 1.0") == 1
 
