@@ -90,7 +90,11 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     clip_low: float = Field(0.2, ge=0, lt=1)
     clip_high: float = Field(0.2, ge=0)
-    kl_coef: float = Field(0.0, ge=0)
+    kl_coef: float = Field(
+        0.0, ge=0,
+        description="KL penalty against a frozen reference policy. AutoThink uses none (DESIGN.md §3: KL coefficient 0) "
+                    "and the learner keeps no reference model, so only 0 is accepted: a value that would be silently "
+                    "ignored is refused instead.")
     epochs: int = Field(2, ge=1, description="Passes over each training batch (PPO epochs).")
     mini_batch_prompts: int = Field(64, ge=1)
     micro_batch_samples: int = Field(8, ge=1, description="At most this many samples per forward/backward pass.")
@@ -101,6 +105,14 @@ class OptimConfig(Strict):
     )
     grad_clip: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = True
+
+    @field_validator("kl_coef")
+    @classmethod
+    def _no_silent_kl(cls, v: float) -> float:
+        if v > 0:
+            raise ValueError("a KL penalty is not implemented (AutoThink trains without one, DESIGN.md §3); "
+                             "set optim.kl_coef to 0 rather than have it ignored")
+        return v
 
 
 class DataConfig(Strict):

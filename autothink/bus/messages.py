@@ -39,6 +39,7 @@ class PromptMsg:
     level: Any = None
     step: int = -1  # the learner step this group is for
     min_policy_version: int = 0  # sample with at least this policy version (bounded staleness)
+    epoch: int = 0  # the learner incarnation that asked (incremented on every resume): older ones are fenced off
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,7 +153,7 @@ def _prompt_from(data: Any) -> PromptMsg:
         raise MessageError("prompt.problem must be a string")
     if not isinstance(p.prompt, str) or not isinstance(p.strategy, str):
         raise MessageError("prompt.prompt and prompt.strategy must be strings")
-    for name, low in (("n", 1), ("max_tokens", 1), ("min_policy_version", 0), ("step", -1)):
+    for name, low in (("n", 1), ("max_tokens", 1), ("min_policy_version", 0), ("step", -1), ("epoch", 0)):
         value = getattr(p, name)
         if not _is_int(value) or value < low:
             raise MessageError(f"prompt.{name} must be an integer >= {low}, not {value!r}")

@@ -6,12 +6,15 @@ resumes at its checkpoint's step and policy version."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import time
 
 import pytest
 import yaml
 
-from tests.conftest import RedisServer, ServiceProcess, free_port, short_experiment, wait_healthy
+from tests.conftest import RedisServer, ServiceProcess, alive, descendants, free_port, short_experiment, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "faults"
@@ -77,7 +80,13 @@ def _run(model_dir, redis, services, tmp_path):
     learner = start("learner")
 
     wait_step(1, learner)
-    rollout.stop(sig_kill=True)  # kill -9 mid-run, then a new replica
+    engine = descendants(rollout.proc.pid)
+    os.kill(rollout.proc.pid, signal.SIGKILL)  # kill -9 mid-run, then a new replica
+    rollout.stop()
+    deadline = time.time() + 10
+    while any(alive(p) for p in engine) and time.time() < deadline:
+        time.sleep(0.1)
+    assert engine and not [p for p in engine if alive(p)], "the killed rollout service's engine processes are gone"
     rollout = start("rollout")
     wait_step(3, learner)
     reward.stop(sig_kill=True)
@@ -99,10 +108,15 @@ def _run(model_dir, redis, services, tmp_path):
 
     rows = _rows(log)
     assert [r["step"] for r in rows] == list(range(STEPS))
-    assert [r["policy_version"] for r in rows] == list(range(1, STEPS + 1))
-    trained = [g for r in rows for g in r["group_ids"]]
+    versions = [r["policy_version"] for r in rows]
+    assert versions == sorted(set(versions)) and versions[: at["step"]] == list(range(1, at["step"] + 1))
+    # every (step, prompt) trained exactly once; group ids name the learner's epoch (0 before the resume,
+    # 1 after) and a retry suffix when a group had to be asked for again
+    trained = [re.sub(r"-r\d+$", "", re.sub(r"-e\d+-", "-", g)) for r in rows for g in r["group_ids"]]
     expected = {f"{RUN}-s{k}-p{i}" for k in range(STEPS) for i in range(PROMPTS)}
     assert sorted(trained) == sorted(expected), "every prompt group trained on exactly once"
-    assert json.loads(state.read_text()) == {"step": STEPS, "policy_version": STEPS}
+    assert {g.split("-s")[0] for r in rows[at["step"]:] for g in r["group_ids"]} == {f"{RUN}-e1"}, "no group of the old epoch"
+    final = json.loads(state.read_text())
+    assert final["step"] == STEPS and final["policy_version"] == versions[-1] and final["epoch"] == 1
     for r in rows:
         assert r["samples"] == PROMPTS * 4

@@ -6,7 +6,7 @@ import time
 import pytest
 import yaml
 
-from autothink.bus.messages import decode
+from autothink.bus.messages import PromptMsg, Sample, Score, ScoredGroup, decode
 from autothink.bus.streams import RedisBus
 from tests.conftest import ServiceProcess, free_port, short_experiment, wait_healthy
 
@@ -56,6 +56,12 @@ def test_three_stages_through_the_real_services(toy_model, redis_server, service
     weights = f"127.0.0.1:{free_port()}"
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment(model_dir, redis_server.url, weights, tmp_path / "run")))
     _start_stack(services, tmp_path, model_dir, redis_server.url, weights)
+    # a scored group for step 3, prompt 0, from policy version 0: older than step 3 may use (max_staleness 1)
+    bus = RedisBus(redis_server.url, RUN)
+    stale = ScoredGroup(PromptMsg(group_id=f"{RUN}-e0-s3-p0", problem="What is the value of $1+2$?", answer="3", n=1, step=3),
+                        0, [Sample("</think>\n\n\\boxed{3}", [1, 2], [-0.1, -0.1])],
+                        [Score("no_think", True, True, "ok", 2.0, 2, "3")])
+    bus.publish(bus.names.scored, stale)
     _finish(_learner(services, tmp_path, weights, "learner", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="0"))
 
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -76,32 +82,48 @@ def test_three_stages_through_the_real_services(toy_model, redis_server, service
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint" / "hf")
-    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text()) == {"step": 6, "policy_version": 6}
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert (state["step"], state["policy_version"], state["tag"]) == (6, 6, "step6")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoint" / "deepspeed").glob("step*")) == ["step6"]
+    assert all(r["staleness"] and set(r["staleness"]) <= {"0", "1"} for r in rows)
+    assert rows[-1]["dropped_stale"] == 1  # the injected group was dropped, never trained on
+    assert f"{RUN}-e0-s3-p0" in rows[3]["group_ids"] and min(rows[3]["policy_versions"]) >= 2  # the real one, in bound
 
 
 def test_killed_learner_resumes_where_it_stopped(toy_model, redis_server, services, tmp_path):
+    """Crash the learner (as kill -9 would) at the two points where a resume used to go wrong:
+    between DeepSpeed's save and state.json, and between a step's metrics row and its checkpoint.
+    Every step is then trained and logged exactly once, and no group asked for by an earlier
+    incarnation (epoch) of the learner is trained on."""
     model_dir = toy_model[0]
     weights = f"127.0.0.1:{free_port()}"
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_experiment(model_dir, redis_server.url, weights, tmp_path / "run")))
     _start_stack(services, tmp_path, model_dir, redis_server.url, weights)
-    first = _learner(services, tmp_path, weights, "learner-1", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1")
-    state_file = tmp_path / "run" / "checkpoint" / "state.json"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        assert first.proc.poll() is None, first.output()
-        if state_file.exists() and json.loads(state_file.read_text())["step"] >= 3:
-            break
-        time.sleep(0.2)
-    first.stop(sig_kill=True)
-    at = json.loads(state_file.read_text())
-    assert 3 <= at["step"] < 6 and at["policy_version"] == at["step"]
+    ckpt = tmp_path / "run" / "checkpoint"
 
-    second = _learner(services, tmp_path, weights, "learner-2", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1", AUTOTHINK_LEARNER_RESUME="true")
-    _finish(second)
-    assert f"resumed at step {at['step']}, policy version {at['policy_version']}" in second.output()
+    first = _learner(services, tmp_path, weights, "learner-1", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1",
+                     AUTOTHINK_FAULT_INJECT="checkpoint_saved:3")
+    first.proc.wait(600)
+    assert first.proc.returncode == 137, first.output()
+    at = json.loads((ckpt / "state.json").read_text())
+    assert at["step"] == 2 and at["tag"] == "step2"
+    assert (ckpt / "deepspeed" / "latest").read_text().strip() == "step3"  # what a load by "latest" would have taken
+
+    second = _learner(services, tmp_path, weights, "learner-2", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1",
+                      AUTOTHINK_LEARNER_RESUME="true", AUTOTHINK_FAULT_INJECT="row_written:5")
+    second.proc.wait(600)
+    assert second.proc.returncode == 137, second.output()
+    assert f"resumed at step 2, policy version {at['policy_version']}" in second.output()
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+
+    third = _learner(services, tmp_path, weights, "learner-3", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="1", AUTOTHINK_LEARNER_RESUME="true")
+    _finish(third)
+    assert "resumed at step 4" in third.output()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    resumed = rows[-(6 - at["step"]):]
-    assert [r["step"] for r in resumed] == list(range(at["step"], 6))
-    assert [r["policy_version"] for r in resumed] == list(range(at["step"] + 1, 7))
-    assert {r["step"] for r in rows} == set(range(6))
-    assert json.loads(state_file.read_text()) == {"step": 6, "policy_version": 6}
+    assert [r["step"] for r in rows] == list(range(6)), "each step trained and logged exactly once"
+    assert [r["epoch"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    for r in rows:
+        assert all(f"-e{r['epoch']}-" in g for g in r["group_ids"]), r["group_ids"]  # never a group of an older epoch
+    versions = [r["policy_version"] for r in rows]
+    assert versions == sorted(set(versions))  # versions only move forward, across resumes too
+    assert json.loads((ckpt / "state.json").read_text())["epoch"] == 2

@@ -98,3 +98,9 @@ def test_reward_defaults_are_defined_once():
     custom = RewardConfig(no_think_wrong=-3.0, repetition_min_repeats=5)
     assert custom.table() == RewardTable(no_think_wrong=-3.0)
     assert custom.rule() == RepetitionRule(min_repeats=5)
+
+
+def test_a_kl_coefficient_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="KL penalty is not implemented"):
+        load_config("toy", ["optim.kl_coef=0.1"], environ={})
+    assert load_config("toy", ["optim.kl_coef=0"], environ={}).optim.kl_coef == 0
