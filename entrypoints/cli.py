@@ -484,6 +484,23 @@ def gateway(ctx: typer.Context) -> None:
     sys.exit(gateway_main(list(ctx.args)))
 
 
+@app.command(
+    "learner-probe",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def learner_probe(ctx: typer.Context) -> None:
+    """Will an experiment fit? One real GRPO update on synthetic samples of given lengths; prints peak
+    memory, tokens and time (see `autothink learner-probe --help`).
+
+    Example: autothink learner-probe --model DIR --experiment paper --stage stage3 --lengths 30x256,2x8192
+    Several ranks: torchrun --nproc_per_node N -m services.learner.probe ...
+    """
+    from services.learner.probe import main as probe_main
+
+    sys.exit(probe_main(list(ctx.args)))
+
+
 def main() -> None:
     app()
 
