@@ -120,14 +120,17 @@ class VLLMEngine:
     def ready(self) -> bool:
         return self._warm and self.problem() is None
 
+    def weights_status(self) -> dict[str, Any] | None:
+        return self._follower.status() if self._follower is not None else None
+
     def problem(self) -> str | None:
         """Why the engine cannot serve (dead, stuck, or its weight follower gone), or None."""
         if self.error:
             return self.error
         if self.engine is not None and self.engine.errored:
             return "the engine process died; restart the gateway"
-        if self._follower is not None and not self._follower._thread.is_alive():
-            return "the weight follower stopped; restart the gateway"
+        if self._follower is not None and not self._follower.healthy:
+            return f"the weight follower is failing ({self._follower.status().get('last_error')}); restart the gateway"
         if self._calls and time.monotonic() - self._last_progress > self.cfg.stall_timeout_s:
             return f"the engine has produced nothing for {self.cfg.stall_timeout_s:.0f} s with requests in flight"
         return None

@@ -201,6 +201,7 @@ async def ready(request: Request) -> JSONResponse:
         "ready": engine.ready, "model": gw.cfg.served_model_name, "policy_version": engine.policy_version, "error": problem,
         "swaps": getattr(engine, "swaps", 0), "last_swap_pause_s": getattr(engine, "last_swap_pause_s", 0.0),
         "last_swap_load_s": getattr(engine, "last_swap_load_s", 0.0),
+        "weights": engine.weights_status() if hasattr(engine, "weights_status") else None,
     }
     return JSONResponse(body, status_code=200 if engine.ready else 503)
 
