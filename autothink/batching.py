@@ -3,8 +3,10 @@
 Importing it loads torch all the same, through :mod:`autothink.grpo`'s advantage function.
 
 The learner reads scored groups (at least once, so possibly twice), keeps the first copy of each
-group id, applies the stage's reward shaping over the whole batch, normalises advantages inside
-each group, and cuts the batch into mini-batches of whole groups.
+group id, leaves out the samples whose grade could not be made (a grader timeout or error is
+"could not grade", not "wrong": it must not count against the mode it was sampled in), applies the
+stage's reward shaping over the whole batch, normalises advantages inside each group, and cuts
+the batch into mini-batches of whole groups.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TrainSample:
     reward: float  # the base reward; shaped rewards live beside, in TrainBatch
     policy_version: int
     level: Any = None
+    graded: bool = True  # False: the grader timed out or failed; the sample is left out of training
 
 
 @dataclass
@@ -38,6 +41,8 @@ class TrainBatch:
     samples: list[TrainSample]
     rewards: list[float]  # after shaping
     advantages: list[float]
+    ungraded: int = 0  # samples left out: their grade could not be made
+    groups_without_baseline: int = 0  # groups left out: fewer than two graded samples
 
     def mini_batches(self, groups_per_mini_batch: int) -> list[list[int]]:
         """Indices of samples, in mini-batches of whole groups (a group never straddles two)."""
@@ -77,18 +82,39 @@ def flatten(groups: Sequence[ScoredGroup]) -> list[TrainSample]:
                 TrainSample(
                     g.group_id, list(g.prompt_token_ids), list(sample.token_ids), list(sample.logprobs),
                     score.mode == "think", bool(score.correct), len(sample.token_ids), float(score.reward),
-                    g.policy_version, g.prompt.level,
+                    g.policy_version, g.prompt.level, graded=score.correct is not None,
                 )
             )
     return out
 
 
+def graded_only(samples: Sequence[TrainSample]) -> tuple[list[TrainSample], int, int]:
+    """The samples that were graded, in groups that keep at least two of them (a group of one has
+    no baseline); returns them, how many samples were ungraded and how many groups were left out.
+
+    >>> s = [TrainSample("a", [], [1], [], True, True, 1, 1.0, 0), TrainSample("a", [], [1], [], True, False, 1, 0.0, 0, graded=False),
+    ...      TrainSample("a", [], [1], [], True, False, 1, 0.0, 0), TrainSample("b", [], [1], [], True, True, 1, 1.0, 0),
+    ...      TrainSample("b", [], [1], [], False, False, 1, 0.0, 0, graded=False)]
+    >>> kept, ungraded, dropped = graded_only(s)
+    >>> [x.group_id for x in kept], ungraded, dropped
+    (['a', 'a'], 2, 1)
+    """
+    graded = [s for s in samples if s.graded]
+    per_group: dict[str, int] = defaultdict(int)
+    for s in graded:
+        per_group[s.group_id] += 1
+    kept = [s for s in graded if per_group[s.group_id] >= 2]
+    groups_before = {s.group_id for s in samples}
+    return kept, len(samples) - len(graded), len(groups_before) - len({s.group_id for s in kept})
+
+
 def build_batch(groups: Sequence[ScoredGroup], stage: ShapingStage) -> TrainBatch:
-    """Shape rewards over the batch (length shaping per group, then batch balance), then GRPO."""
-    samples = flatten(groups)
+    """Leave out what could not be graded, shape rewards over the batch (length shaping per group,
+    then batch balance), then GRPO advantages."""
+    samples, ungraded, dropped = graded_only(flatten(groups))
     rewards = shape_rewards(samples, stage)
     advantages = group_advantages(rewards, [s.group_id for s in samples])
-    return TrainBatch(samples, rewards, advantages)
+    return TrainBatch(samples, rewards, advantages, ungraded, dropped)
 
 
 def batch_stats(batch: TrainBatch) -> dict[str, Any]:
@@ -110,4 +136,6 @@ def batch_stats(batch: TrainBatch) -> dict[str, Any]:
         "mean_length_think": sum(think_len) / len(think_len) if think_len else 0.0,
         "mean_length_no_think": sum(direct_len) / len(direct_len) if direct_len else 0.0,
         "policy_versions": sorted({x.policy_version for x in s}),
+        "ungraded_samples": batch.ungraded,
+        "groups_without_baseline": batch.groups_without_baseline,
     }

@@ -105,6 +105,13 @@ class OptimConfig(Strict):
     )
     grad_clip: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = True
+    off_policy_correction: Literal["auto", "none", "tis", "mask"] = Field(
+        "auto",
+        description="Importance-sampling correction of the gap between the engine that sampled and the learner "
+                    "(autothink.offpolicy): 'tis' truncates each token's weight pi_learner/pi_engine at is_cap, 'mask' "
+                    "drops tokens whose weight leaves [1/is_cap, is_cap], 'none' only measures. 'auto': tis when "
+                    "max_staleness >= 1, none when on-policy.")
+    is_cap: float = Field(2.0, ge=1.0, description="Truncation (tis) or mask bound (mask) of the importance weights.")
 
     @field_validator("kl_coef")
     @classmethod

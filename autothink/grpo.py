@@ -95,12 +95,15 @@ def policy_loss(
     kl_coef: float = 0.0,
     ref_logprobs: torch.Tensor | None = None,
     token_normalizer: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """PPO-clip loss with token-mean aggregation.
 
     logprobs, old_logprobs, mask: [B, T] (mask 1 on response tokens); advantages: [B] or [B, T].
     ``token_normalizer`` is what the token sum is divided by: the mask sum by default; in
     data-parallel training ``global_tokens / world_size`` (see the module docstring).
+    ``is_weights`` [B, T] (no gradient) scales each token's loss: the importance-sampling
+    correction of :mod:`autothink.offpolicy` (old_logprobs are the learner's own, before the update).
     """
     mask = mask.to(logprobs.dtype)
     if advantages.dim() == 1:
@@ -113,6 +116,8 @@ def policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach().to(per_token.dtype)
     pg_loss = (per_token * mask).sum() / norm
 
     kl_value = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)

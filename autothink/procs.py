@@ -6,11 +6,13 @@ re-parented to init and keep their memory -- on a GPU, the GPU's memory, so the 
 cannot even start.  Linux's parent-death signal closes that hole: a process that asks for it
 receives SIGKILL the moment its parent thread exits, however it exits.
 
-A spawned child imports the parent's main module again (as ``__mp_main__``), and so the packages
-``services`` and ``entrypoints``; their ``__init__`` calls :func:`die_with_parent_if_spawned`,
-which arms the signal in every spawned child and in the children those spawn.  The engine must
-be started from a thread that lives as long as the service (the rollout service starts it on its
-main thread).
+vLLM loads its *general plugins* (the ``vllm.general_plugins`` entry point group) in every
+process it starts -- the engine core and each worker -- before any work; this package registers
+:func:`vllm_plugin` there (pyproject.toml), which arms the signal in each of them: the engine core
+dies with its service, the workers with their engine core.  The parent-death signal follows the
+*thread* that started the child, so the engine must be started from a thread that lives as long
+as the service (the rollout service starts it on its main thread; the gateway on its event
+loop's executor, which lives as long as the server).
 """
 
 from __future__ import annotations
@@ -42,3 +44,8 @@ def die_with_parent_if_spawned() -> None:
         return
     if set_parent_death_signal() and parent.pid is not None and os.getppid() != parent.pid:
         os._exit(1)  # the parent died before the signal was armed
+
+
+def vllm_plugin() -> None:
+    """vLLM general plugin (entry point ``autothink-die-with-parent``): runs in every vLLM process."""
+    die_with_parent_if_spawned()

@@ -5,7 +5,3 @@ reward   - a stateless grader scores them
 learner  - DeepSpeed runs GRPO over scored groups and publishes new weights over gRPC
 gateway  - FastAPI serves the adaptive model (POST /generate, OpenAI-compatible API)
 """
-
-from autothink.procs import die_with_parent_if_spawned as _die_with_parent
-
-_die_with_parent()  # a vLLM engine process spawned by a service must not outlive it (autothink/procs.py)

@@ -59,7 +59,7 @@ class Score:
 
     mode: str  # think / no_think (a response that never closes </think> counts as think)
     format_ok: bool  # closed </think> and boxed an answer after it
-    correct: bool
+    correct: bool | None  # None: the grade could not be made (status timeout / error) -- not a wrong answer
     status: str  # the grader's status, or no_ground_truth
     reward: float
     length: int

@@ -11,6 +11,8 @@ the update does not depend on how the batch is cut into micro-batches or ranks.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import time
@@ -24,6 +26,7 @@ import torch
 from autothink.batching import TrainBatch, TrainSample
 from autothink.config import DeepSpeedConfig, OptimConfig
 from autothink.grpo import policy_loss, token_entropy, token_logprobs
+from autothink.offpolicy import MismatchStats, importance_weights, merge
 from autothink.packing import plan_micro_batches
 
 log = logging.getLogger("autothink.learner")
@@ -186,8 +189,14 @@ class GRPOTrainer:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
 
-    def train(self, batch: TrainBatch, groups_per_mini_batch: int, temperature: float) -> dict[str, float]:
+    def train(self, batch: TrainBatch, groups_per_mini_batch: int, temperature: float,
+              correction: str = "none", is_cap: float = 2.0) -> dict[str, float]:
         """``optim.epochs`` passes of PPO-clip updates over ``batch``; returns averaged diagnostics.
+
+        ``correction`` (none / tis / mask, :mod:`autothink.offpolicy`) weights each token's loss by
+        how much likelier the learner's pre-update policy finds it than the engine that sampled it
+        did (truncated at ``is_cap``, or masked outside [1/cap, cap]); the mismatch is measured
+        and logged whatever the setting.
 
         Besides the loss statistics: ``real_tokens`` (prompt + response tokens of the batch),
         ``computed_tokens`` (tokens one epoch's forward passes process over all ranks, padding and
@@ -218,6 +227,7 @@ class GRPOTrainer:
                             old.update(self._split(m.indices, batch.samples, lp))
             self.engine.train()
         sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "updates": 0.0, "tokens": 0.0}
+        mismatch: list[MismatchStats] = []
         computed = real = passes = 0
         for epoch in range(self.optim.epochs):
             for mb, plan in zip(mini_batches, plans):
@@ -229,9 +239,14 @@ class GRPOTrainer:
                     lp, ent, n_computed = self._score(samples, temperature, with_entropy=epoch == 0 and m.real)
                     old_t = lp.detach() if old is None or not m.real else torch.cat([old[i] for i in m.indices]).to(lp.device)
                     adv = torch.cat([torch.full((len(s.response_ids),), float(batch.advantages[i])) for i, s in zip(m.indices, samples)])
+                    behav = torch.cat([_behaviour_logprobs(s) for s in samples])
+                    weights, ms = importance_weights(old_t, behav, correction, is_cap)  # type: ignore[arg-type]
+                    if epoch == 0 and m.real:
+                        mismatch.append(ms)
                     loss, st = policy_loss(
                         lp.unsqueeze(0), old_t.unsqueeze(0), adv.to(lp.device).unsqueeze(0), torch.ones_like(lp).unsqueeze(0),
                         self.optim.clip_low, self.optim.clip_high, token_normalizer=norm,
+                        is_weights=weights.to(lp.device).unsqueeze(0),
                     )
                     if not m.real:
                         loss = loss * 0.0  # a dummy pass: every rank runs the same passes, this one adds nothing
@@ -269,6 +284,8 @@ class GRPOTrainer:
             "tokens_per_s": real_all / seconds if seconds > 0 else 0.0,
             "peak_memory_bytes": peak,
             "seconds": seconds,
+            "off_policy_correction": correction,
+            **merge(mismatch),
         }
 
     # ------------------------------------------------------------------ weights out
@@ -279,7 +296,7 @@ class GRPOTrainer:
 
         module = self.engine.module
         params = list(module.parameters())
-        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3 else _null()
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3 else contextlib.nullcontext()
         with ctx:
             if self.rank != 0:
                 return {}
@@ -387,9 +404,8 @@ def _has_dropout(model: torch.nn.Module) -> bool:
     return any(r > 0 for r in rates) or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+def _behaviour_logprobs(s: TrainSample) -> torch.Tensor:
+    """The engine's log-probs of the sampled tokens [T] (NaN where it sent none)."""
+    if len(s.rollout_logprobs) == len(s.response_ids):
+        return torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+    return torch.full((len(s.response_ids),), float("nan"))

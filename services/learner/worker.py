@@ -28,6 +28,7 @@ from autothink.bus.base import Leases
 from autothink.bus.messages import PromptMsg, ScoredGroup
 from autothink.config import RunConfig
 from autothink.data import load_problems
+from autothink.offpolicy import resolve as resolve_correction
 from autothink.schedule import plan
 from services.learner.config import LearnerServiceConfig
 from services.learner.trainer import GRPOTrainer
@@ -44,6 +45,7 @@ class Learner:
         self.trainer = GRPOTrainer(run.model.path, run.optim, run.deepspeed, run.seed)
         self.rank = self.trainer.rank
         self.steps = plan(run.stages)
+        self.correction = resolve_correction(run.optim.off_policy_correction, run.max_staleness)
         self.state = {"step": 0, "policy_version": 0}
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         reg = registry or CollectorRegistry()
@@ -184,7 +186,8 @@ class Learner:
             groups = self._broadcast(groups)
             t1 = time.perf_counter()
             batch = build_batch(groups, step.stage)
-            stats = self.trainer.train(batch, self.run_cfg.optim.mini_batch_prompts, step.stage.temperature)
+            stats = self.trainer.train(batch, self.run_cfg.optim.mini_batch_prompts, step.stage.temperature,
+                                       correction=self.correction, is_cap=self.run_cfg.optim.is_cap)
             t2 = time.perf_counter()
             trained_on = self.state["policy_version"]
             version = trained_on + 1

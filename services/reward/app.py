@@ -21,7 +21,7 @@ class GradeRequest(BaseModel):
 
 
 class GradeResponse(BaseModel):
-    correct: bool
+    correct: bool | None = Field(description="None when the grade could not be made (status timeout or error): not a wrong answer.")
     status: str
     extracted: str | None
     mode: str

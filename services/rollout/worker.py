@@ -136,6 +136,9 @@ class RolloutWorker:
         args = AsyncEngineArgs(**engine_kwargs(
             self.cfg.model, self.cfg.max_model_len, self.cfg.enforce_eager, self.cfg.gpu_memory_utilization,
             disable_log_stats=True,
+            # the sampled tokens' log-probs as the sampler saw them (temperature applied): the behaviour
+            # policy of the learner's importance-sampling correction (autothink/offpolicy.py)
+            logprobs_mode="processed_logprobs",
         ))
         # built on the main thread: the engine process's parent-death signal follows this thread
         self.engine = AsyncLLM.from_engine_args(args)

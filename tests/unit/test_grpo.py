@@ -54,6 +54,18 @@ def test_policy_loss_negative_advantage():
     assert logp.grad.tolist()[0] == pytest.approx([1.5 / 3, 0.0, 1.1 / 3], abs=1e-6)
 
 
+def test_policy_loss_with_importance_weights():
+    logp, old, mask = _three_tokens()
+    # A = +1, per-token losses -1.2, -0.5, -1.1 (as above); weights 2.0 (truncated), 1.0, 0.0 (masked)
+    # -> (-2.4 - 0.5 + 0) / 3 = -0.966667; gradients scale the same way and the weights get none
+    w = torch.tensor([[2.0, 1.0, 0.0]], requires_grad=True)
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0]), mask, is_weights=w)
+    assert loss.item() == pytest.approx(-2.9 / 3, abs=1e-6)
+    loss.backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.0, -0.5 / 3, 0.0], abs=1e-6)
+    assert w.grad is None
+
+
 def test_policy_loss_mask_and_token_mean():
     # two sequences, 3 and 1 response tokens; ratio 1 everywhere, A = +1 and -2
     logp = torch.zeros(2, 3)
