@@ -31,9 +31,9 @@ def _group(i: int) -> RolloutGroup:
     return RolloutGroup(prompt, policy_version=i % 3, samples=samples)
 
 
-def _start(services, tmp_path, redis_url, name, claim_idle_ms=60_000):
+def _start(services, tmp_path, redis_url, name, claim_idle_ms=60_000, **extra):
     port = free_port()
-    env = {
+    env = {**extra,
         "AUTOTHINK_REWARD_REDIS__URL": redis_url,
         "AUTOTHINK_REWARD_RUN_ID": RUN,
         "AUTOTHINK_REWARD_CONSUMER": name,
@@ -127,3 +127,23 @@ def test_bus_retries_a_lost_connection(redis_server):
     dead = RedisBus("redis://127.0.0.1:1/0", RUN, retries=1)
     with pytest.raises(redis_lib.ConnectionError):
         dead.add(dead.names.prompts, {"x": "y"})
+
+
+def test_a_grader_that_times_out_changes_no_reward(redis_server, services, tmp_path):
+    """A grade that could not be made is "could not grade": correct None, the neutral reward (never the
+    -1 / -2 of a wrong direct answer), and the learner leaves the sample out of the batch."""
+    from autothink.batching import build_batch
+    from autothink.config import StageConfig
+
+    bus = RedisBus(redis_server.url, RUN)
+    proc, base = _start(services, tmp_path, redis_server.url, "slow-grader", AUTOTHINK_REWARD_GRADE_TIMEOUT_S="0.000001")
+    wait_healthy(f"{base}/health", proc)
+    bus.publish(bus.names.rollouts, _group(900))
+    (scored,) = _read_scored(bus, 1).values()
+    timed_out = [s for s in scored.scores if s.status == "timeout"]
+    assert timed_out, [s.status for s in scored.scores]
+    for s in timed_out:
+        assert s.correct is None and s.reward == 0.0  # the format-error reward: not wrong, not right
+    batch = build_batch([scored], StageConfig(name="s", steps=1, prompts_per_batch=1, samples_per_prompt=7, max_response_tokens=16))
+    assert batch.ungraded == len(timed_out) and all(x.graded for x in batch.samples)
+    assert len(batch.samples) == len(CASES) - len(timed_out) or batch.groups_without_baseline == 1
