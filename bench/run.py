@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.* (the section renderers) and tests.* (fixtures the benchmarks reuse)
 
 
 def run_json(args: list[str]) -> dict:
@@ -24,6 +25,8 @@ def run_json(args: list[str]) -> dict:
 
 
 def grader_section(g: dict) -> str:
+    from bench.grader_bench import parity_markdown
+
     rows = []
     for name, label in (
         ("self", "MATH500 answers vs themselves"),
@@ -60,7 +63,8 @@ stopped after 10 s). Worst case: ours {g['ours_worst_adversarial_s'] * 1000:.0f}
 | input | ours | math-verify |
 |---|---|---|
 {adv}
-"""
+
+{parity_markdown(g)}"""
 
 
 def rollout_section(r: dict) -> str:
@@ -222,6 +226,41 @@ def demo_time() -> dict:
     return {"seconds": time.time() - t0, "build_seconds": build}
 
 
+def learner_section(bench: dict, probes: list[tuple[str, dict]]) -> str:
+    from bench.learner_bench import markdown_rows
+
+    rows = "\n".join(
+        f"| `{lengths}` | {p['peak_memory_bytes'] / 2**30:.2f} GiB | {p['real_tokens']:,} | {p['computed_tokens']:,} | "
+        f"**{p['computed_tokens'] / p['real_tokens']:.2f}** | {p['micro_batches']} | {p['seconds']:.0f} s |"
+        for lengths, p in probes
+    )
+    return f"""## Learner at long responses: chunked LM head vs full-vocabulary logits (`bench/learner_bench.py`)
+
+One GRPO update per measurement (`learner-probe`: old log-prob pass, loss with entropy, backward,
+AdamW step; toy preset settings: fp32, ZeRO-0), each in a process of its own so the peak is that
+measurement's alone (CPU: the process's peak resident memory). Model: 2-layer Qwen2, hidden 64,
+the R1 vocabulary (151,936, untied head), random weights; a 128-token prompt plus the response.
+Baseline: the same update computing `[T, V]` logits (`--plain-logprobs`), same run ({bench.get('device', '?')}).
+
+| response tokens | plain peak | chunked peak | memory ratio | plain tokens/s | chunked tokens/s | speed ratio |
+|---|---|---|---|---|---|---|
+{markdown_rows(bench)}
+
+`learner-probe` at the issue's sizes, same model (chunked, token budget 32,768):
+
+| `--lengths` | peak memory | real tokens | computed tokens | computed / real | micro-batches | update |
+|---|---|---|---|---|---|---|
+{rows}
+
+The 1.5B-shaped runs need a GPU (`--random-model r1-distill-1.5b`, bf16, 8k and 16k tokens):
+`python -m services.learner.probe --random-model r1-distill-1.5b --experiment paper --stage stage3 --lengths 8192`.
+"""
+
+
+def probe(lengths: str) -> dict:
+    return run_json(["-m", "services.learner.probe", "--random-model", "r1-vocab-tiny", "--lengths", lengths])
+
+
 def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     grader = run_json(["bench/grader_bench.py", "--data", sys.argv[1] if len(sys.argv) > 1 else "../shared/data/benchmarks/math.json"])
@@ -234,6 +273,8 @@ def main() -> None:
     gateway = run_json(["bench/gateway_bench.py", "--model", str(model)])
     bus = run_json(["bench/bus_bench.py"])
     demo = demo_time()
+    learner = run_json(["bench/learner_bench.py", "--lengths", "256,1024,8192", "--plain-max", "1024"])
+    probes = [(lengths, probe(lengths)) for lengths in ("8192", "30x256,2x8192")]
     text = f"""# Benchmarks
 
 Written by `make bench` on {started} ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores).
@@ -247,7 +288,7 @@ compare ratios, not absolute numbers.
 {gateway_section(gateway)}
 {bus_section(bus)}
 {demo_section(demo)}
-"""
+{learner_section(learner, probes)}"""
     (ROOT / "BENCHMARKS.md").write_text(text)
     print(text)
 
