@@ -198,7 +198,18 @@ SESSION_MARK = f"{os.getpid()}-{time.time_ns()}"
 os.environ["AUTOTHINK_TEST_SESSION"] = SESSION_MARK
 
 
+def _start_ticks(pid: int | str) -> int:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else 0  # starttime: field 22 of /proc/PID/stat, counted after the name
+
+
+SESSION_START = _start_ticks(os.getpid())
+
+
 def _marked_processes() -> dict[int, str]:
+    """Processes this test session started that are still alive: those carrying the session's
+    marker, and orphaned vLLM engines started since the session began (vLLM renames its processes,
+    which overwrites what /proc shows of their environment, so the marker cannot be read there)."""
     found = {}
     needle = f"AUTOTHINK_TEST_SESSION={SESSION_MARK}".encode()
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -206,13 +217,17 @@ def _marked_processes() -> dict[int, str]:
         if pid == os.getpid() or not alive(pid):
             continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                marked = needle in f.read().split(b"\0")
+            fields = _proc_stat(pid)
+            orphan_engine = (cmd.startswith("VLLM::") and fields is not None and fields[1] == "1"
+                             and _start_ticks(pid) >= SESSION_START)
         except OSError:
             continue
+        if marked or orphan_engine:
+            found[pid] = cmd
     return found
 
 
