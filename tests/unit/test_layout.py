@@ -53,7 +53,8 @@ def test_only_the_bus_touches_its_redis_client():
 
 def test_the_pure_modules_import_without_heavy_dependencies():
     """What the README calls pure imports without torch, vLLM, DeepSpeed, transformers, Redis or gRPC."""
-    pure = ["prompting", "rewards", "config", "schedule", "scoring", "data", "cpus", "grading", "bus.messages", "toy.task"]
+    pure = ["prompting", "rewards", "config", "schedule", "scoring", "data", "cpus", "grading", "bus.messages", "bus.base",
+            "toy.task", "packing", "monitor"]
     code = (
         "import importlib, sys\n"
         f"for m in {pure!r}: importlib.import_module('autothink.' + m)\n"
