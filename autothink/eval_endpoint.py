@@ -28,7 +28,7 @@ from typing import Any, Literal
 from autothink.prompting import INSTRUCTION_SUFFIX, THINK_CLOSE, Strategy, build_prompt
 
 Api = Literal["auto", "chat", "completions"]
-#: chat_template_kwargs.thinking for each prompting strategy (services/gateway/schemas.py)
+#: chat_template_kwargs.thinking for each prompting strategy (the gateway's chat request model)
 THINKING = {"standard": "on", "no_think": "off", "ellipsis": "auto"}
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 

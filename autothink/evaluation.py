@@ -33,7 +33,7 @@ class Scored:
     level: Any
     strategy: str
     mode: str  # think / no_think
-    correct: bool
+    correct: bool | None  # None: could not be graded (left out of the statistics)
     format_ok: bool
     num_tokens: int
     group: Any = None  # e.g. the benchmark a problem comes from
@@ -43,18 +43,28 @@ class Scored:
 def score(text: str, num_tokens: int, strategy: Strategy, answer: Any, level: Any, grade: Grade = exact_grade, group: Any = None,
           problem: Any = None) -> Scored:
     p = parse_response(text, strategy)
-    correct = p.format_ok and grade(p.boxed, answer)
+    correct = grade(p.boxed, answer) if p.format_ok else False
     return Scored(level, strategy, p.mode, correct, p.format_ok, num_tokens, group, problem)
 
 
-def safe_grade(boxed: str | None, answer: Any) -> bool:
-    """The sandboxed grader (autothink.grading) for real benchmark answers."""
+def safe_grade(boxed: str | None, answer: Any) -> bool | None:
+    """The sandboxed grader (autothink.grading) for real benchmark answers.
+
+    None when the grade could not be made -- the worker timed out or died three times: such a
+    sample is left out of the statistics (and counted), never scored as a wrong answer."""
     from autothink.grading import grade
 
-    return boxed is not None and grade("\\boxed{" + boxed + "}", answer).correct
+    if boxed is None:
+        return False
+    for _ in range(3):
+        result = grade("\\boxed{" + boxed + "}", answer)
+        if result.correct is not None:
+            return result.correct
+    return None
 
 
 def summarize(rows: Sequence[Scored]) -> dict[str, float]:
+    rows = [r for r in rows if r.correct is not None]  # could not be graded: not a wrong answer
     n = max(1, len(rows))
     return {
         "accuracy": sum(r.correct for r in rows) / n,
@@ -465,11 +475,18 @@ async def run_resumable(
         finally:
             bar.close()
         results: dict[str, list[Scored]] = {s: [] for s in strategies}
+        ungraded = 0
         for (bench, strategy), store in stores.items():
             problems = benchmarks[bench]
             for pos, p in enumerate(problems):
                 for j in range(samples):
-                    results[strategy].append(_record_to_scored(store.records[(p.get("index", pos), j)], strategy, bench, p.get("level")))
+                    row = _record_to_scored(store.records[(p.get("index", pos), j)], strategy, bench, p.get("level"))
+                    if row.correct is None:
+                        ungraded += 1  # kept in the store (re-gradable), left out of every statistic
+                        continue
+                    results[strategy].append(row)
+        if ungraded:
+            log(f"{ungraded} samples could not be graded (grader timeout or error) and are left out of the statistics")
         return results
     finally:
         for store in stores.values():
