@@ -24,34 +24,17 @@ from autothink import weights as W
 from autothink.bus.messages import PromptMsg, decode
 from autothink.bus.streams import RedisBus
 from autothink.toy.task import eval_split
-from tests.conftest import ServiceProcess, alive, descendants, free_port, wait_healthy
+from tests.conftest import alive, descendants
+from tests.integration.test_rollout_service import _start as start_rollout
 
 pytestmark = pytest.mark.slow
 RUN = "rollout-cont"
 
 
 def _start(services, tmp_path, redis_url, model, name, weights_addr="", claim_idle_ms=100, inflight=4, update="drain"):
-    port = free_port()
-    env = {
-        "AUTOTHINK_ROLLOUT_MODEL": str(model),
-        "AUTOTHINK_ROLLOUT_REDIS__URL": redis_url,
-        "AUTOTHINK_ROLLOUT_REDIS__CLAIM_IDLE_MS": str(claim_idle_ms),
-        "AUTOTHINK_ROLLOUT_REDIS__MAX_DELIVERIES": "3",
-        "AUTOTHINK_ROLLOUT_RUN_ID": RUN,
-        "AUTOTHINK_ROLLOUT_CONSUMER": name,
-        "AUTOTHINK_ROLLOUT_PORT": str(port),
-        "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256",
-        "AUTOTHINK_ROLLOUT_MAX_INFLIGHT_PROMPTS": str(inflight),
-        "AUTOTHINK_ROLLOUT_WEIGHT_UPDATE": update,
-        "AUTOTHINK_ROLLOUT_FOLLOW_WEIGHTS": "true" if weights_addr else "false",
-        "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights_addr,
-        "AUTOTHINK_ROLLOUT_WEIGHTS__TOKEN": "tok",
-    }
-    proc = ServiceProcess("services.rollout", env, tmp_path / f"{name}.log")
-    services.append(proc)
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{base}/health", proc, timeout=240)
-    return proc, base
+    return start_rollout(services, tmp_path, redis_url, model, name, weights_addr, claim_idle_ms,
+                         AUTOTHINK_ROLLOUT_REDIS__MAX_DELIVERIES="3", AUTOTHINK_ROLLOUT_MAX_INFLIGHT_PROMPTS=str(inflight),
+                         AUTOTHINK_ROLLOUT_WEIGHT_UPDATE=update, AUTOTHINK_ROLLOUT_RUN_ID=RUN)
 
 
 def _written(bus) -> list:

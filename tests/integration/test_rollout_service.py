@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 RUN = "rollout-it"
 
 
-def _start(services, tmp_path, redis_url, model, name, weights_addr="", claim_idle_ms=60_000):
+def _start(services, tmp_path, redis_url, model, name, weights_addr="", claim_idle_ms=60_000, **extra_env):
     port = free_port()
     env = {
         "AUTOTHINK_ROLLOUT_MODEL": str(model),
@@ -32,6 +32,7 @@ def _start(services, tmp_path, redis_url, model, name, weights_addr="", claim_id
         "AUTOTHINK_ROLLOUT_FOLLOW_WEIGHTS": "true" if weights_addr else "false",
         "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights_addr,
         "AUTOTHINK_ROLLOUT_WEIGHTS__TOKEN": "tok",
+        **extra_env,
     }
     proc = ServiceProcess("services.rollout", env, tmp_path / f"{name}.log")
     services.append(proc)
