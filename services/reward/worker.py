@@ -48,6 +48,7 @@ class RewardWorker:
                                    max_deliveries=cfg.redis.max_deliveries)
         self.leases = Leases(self.bus, GROUP, self.consumer)
         self.pool = GraderPool(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s)
+        self.adhoc_pool = GraderPool(workers=cfg.adhoc_grader_workers, timeout_s=cfg.grade_timeout_s)  # POST /grade
         self.metrics = RewardMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -132,3 +133,4 @@ class RewardWorker:
         self.stop.set()
         self.leases.stop()
         self.pool.close()
+        self.adhoc_pool.close()

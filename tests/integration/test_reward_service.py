@@ -147,3 +147,39 @@ def test_a_grader_that_times_out_changes_no_reward(redis_server, services, tmp_p
     batch = build_batch([scored], StageConfig(name="s", steps=1, prompts_per_batch=1, samples_per_prompt=7, max_response_tokens=16))
     assert batch.ungraded == len(timed_out) and all(x.graded for x in batch.samples)
     assert len(batch.samples) == len(CASES) - len(timed_out) or batch.groups_without_baseline == 1
+
+
+def test_adhoc_grading_is_keyed_bounded_and_cannot_starve_training(redis_server, services, tmp_path):
+    """Regressions of the red-team pass (issue 19, item 9)."""
+    import concurrent.futures
+    import json as _json
+
+    bus = RedisBus(redis_server.url, RUN)
+    proc, base = _start(services, tmp_path, redis_server.url, "keyed", AUTOTHINK_REWARD_API_KEY="k3y",
+                        AUTOTHINK_REWARD_GRADE_TIMEOUT_S="5")
+    wait_healthy(f"{base}/health", proc)
+    ok = {"response": "</think>\n\n\\boxed{12}", "ground_truth": "12"}
+    assert httpx.post(f"{base}/grade", json=ok).status_code == 401
+    assert httpx.post(f"{base}/grade", json=ok, headers={"Authorization": "Bearer nope"}).status_code == 401
+    key = {"Authorization": "Bearer k3y"}
+    assert httpx.post(f"{base}/grade", json=ok, headers=key).json()["correct"] is True
+    # a number JSON cannot write back, and a 30 MB body: clear 4xx, nothing echoed
+    r = httpx.post(f"{base}/grade", content='{"response": "x", "ground_truth": "1", "num_tokens": 1e400}',
+                   headers={**key, "content-type": "application/json"})
+    assert r.status_code == 422 and "1e400" not in r.text and "inf" not in r.text.lower().replace("info", "")
+    big = _json.dumps({"response": "x" * 30_000_000, "ground_truth": "1"})
+    r = httpx.post(f"{base}/grade", content=big, headers={**key, "content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and len(r.content) < 1000
+
+    # four slow ad-hoc grades (sympy needs ~1.7 s for this one) must not hold up the training stream
+    slow = {"response": "</think>\n\n\\boxed{(x+y+z)^{12}}", "ground_truth": "\\cos(2x)"}
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        pending = [ex.submit(httpx.post, f"{base}/grade", json=slow, headers=key, timeout=60) for _ in range(4)]
+        time.sleep(0.3)
+        t0 = time.time()
+        bus.publish(bus.names.rollouts, _group(950))
+        got = _read_scored(bus, 1, timeout=30)
+        latency = time.time() - t0
+        for f in pending:
+            f.result()
+    assert "g950" in got and latency < 1.5, latency
