@@ -464,3 +464,20 @@ def test_refuses_open_address_without_key(toy_model):
     r = subprocess.run([autothink, "gateway", "--model", str(toy_model[0]), "--host", "0.0.0.0", "--port", str(free_port())],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "without an API key" in r.stderr
+
+
+def test_killed_gateway_takes_its_engine_with_it(gateway):
+    """Last in this module: kill -9 of the gateway leaves no engine process behind (issue 19, item 12)."""
+    import signal
+
+    from tests.conftest import alive, descendants
+
+    proc = gateway[2]
+    engine = descendants(proc.proc.pid)
+    assert engine, "the engine runs in child processes"
+    os.kill(proc.proc.pid, signal.SIGKILL)
+    proc.proc.wait()
+    deadline = time.time() + 10
+    while any(alive(p) for p in engine) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in engine if alive(p)]
