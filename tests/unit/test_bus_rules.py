@@ -115,3 +115,26 @@ def test_lease_keeper_renews_on_its_own_thread():
         assert [x.id for x in bus.read(stream, "g", "thief", block_ms=0)] == [e.id]
     finally:
         leases.stop()
+
+
+def test_the_red_team_inputs_are_dead_lettered_not_retried():
+    """Issue 19, item 7: each of these failed the whole batch on every retry before."""
+    from autothink.bus.messages import RolloutGroup, Sample
+
+    bus, _, stream = _bus()
+    prompt = json.loads(encode(PromptMsg("ok", "q"))["meta"])
+    group = encode(RolloutGroup(PromptMsg("g", "q"), 0, [Sample("t", [1], [-0.1])]))
+    meta = json.loads(group["meta"])
+    bad = {
+        "negative temperature": {"type": "prompt", "v": "1", "meta": json.dumps({**prompt, "temperature": -1})},
+        "policy_version Infinity": dict(group, meta=json.dumps({**meta, "policy_version": float("inf")})),
+        "texts [null]": dict(group, meta=json.dumps({**meta, "texts": [None]})),
+        "deeply nested meta": dict(group, meta=json.dumps({**meta, "prompt": {**meta["prompt"], "metadata": {}}})[:-1]
+                                   + ', "x": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+    }
+    for fields in bad.values():
+        bus.add(stream, fields)
+    kinds = ["prompt", "rollout", "rollout", "rollout"]
+    entries = bus.read(stream, "g", "c", block_ms=0)
+    assert [bus.decode_or_dead_letter(e, k, "g", "c") for e, k in zip(entries, kinds)] == [None] * 4
+    assert bus.length(bus.names.dead) == 4 and bus.pending(stream, "g") == 0
