@@ -297,9 +297,11 @@ def test_client_disconnect_aborts_generation(gateway):
     p = _problems(1, level=8)[0]
     before = httpx.get(f"{base}/metrics").text
     aborted0 = float(next(ln.split()[-1] for ln in before.splitlines() if ln.startswith("autothink_gateway_aborted_total ")))
+    # temperature 2 makes the toy ramble instead of stopping after its ~75-token trace, so the request
+    # takes seconds (16 x 400 tokens) and the client leaves first on any machine
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base}/generate", headers=HEADERS, timeout=0.3,
-                   json={"prompt": p.problem, "mode": "think", "n": 16, "max_tokens": 400, "temperature": 1.0})
+                   json={"prompt": p.problem, "mode": "think", "n": 16, "max_tokens": 400, "temperature": 2.0})
     for _ in range(3):
         with httpx.stream("POST", f"{base}/v1/chat/completions", headers=HEADERS, timeout=30,
                           json={"messages": [{"role": "user", "content": p.problem}], "stream": True, "max_tokens": 400}) as r:

@@ -37,7 +37,9 @@ def test_two_ranks_match_one(toy_model, tmp_path, zero, samples):
     moved = 0
     base = None
     for k in a["state"]:
-        assert torch.allclose(a["state"][k], b["state"][k], atol=2e-6), (k, (a["state"][k] - b["state"][k]).abs().max())
+        # another cut of the batch sums in another order: after the Adam step (lr 1e-4) a few weights
+        # differ by a few 1e-6 (3.2e-6 seen with ZeRO-3, 3 samples); a wrong split differs by ~lr
+        assert torch.allclose(a["state"][k], b["state"][k], atol=1e-5), (k, (a["state"][k] - b["state"][k]).abs().max())
     from safetensors.torch import load_file
 
     base = load_file(str(toy_model[0] / "model.safetensors"))
