@@ -49,6 +49,20 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def kill_and_survivors(popen: subprocess.Popen, timeout: float = 10.0) -> tuple[set[int], list[int]]:
+    """kill -9 ``popen``; return its descendants before the kill (its engine processes) and those
+    still alive ``timeout`` seconds later (there should be none: autothink/procs.py)."""
+    import signal
+
+    kids = descendants(popen.pid)
+    os.kill(popen.pid, signal.SIGKILL)
+    popen.wait()
+    deadline = time.time() + timeout
+    while any(alive(p) for p in kids) and time.time() < deadline:
+        time.sleep(0.1)
+    return kids, [p for p in kids if alive(p)]
+
+
 def short_experiment(model_dir: Path, out: Path, steps: int = 2, prompts: int = 4, max_tokens: int = 96,
                      micro_batch: int = 16, zero_stage: int = 0, **extra: object) -> dict:
     """Three short AutoThink stages on the toy model (4 samples a prompt), as an experiment dict."""

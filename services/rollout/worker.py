@@ -245,7 +245,6 @@ class RolloutWorker:
             self.metrics.requeued.inc()
             return
         except Exception as e:  # noqa: BLE001
-            self._generating.pop(job.entry.id, None)
             if getattr(self.engine, "errored", False):
                 log.error("the engine died while generating %s; the entry stays pending for another replica", job.entry.id)
                 return

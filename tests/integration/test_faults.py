@@ -6,15 +6,13 @@ resumes at its checkpoint's step and policy version."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import time
 
 import pytest
 import yaml
 
-from tests.conftest import RedisServer, ServiceProcess, alive, descendants, free_port, short_experiment, wait_healthy
+from tests.conftest import RedisServer, ServiceProcess, free_port, kill_and_survivors, short_experiment, wait_healthy
 
 pytestmark = pytest.mark.slow
 RUN = "faults"
@@ -80,13 +78,9 @@ def _run(model_dir, redis, services, tmp_path):
     learner = start("learner")
 
     wait_step(1, learner)
-    engine = descendants(rollout.proc.pid)
-    os.kill(rollout.proc.pid, signal.SIGKILL)  # kill -9 mid-run, then a new replica
+    engine, left = kill_and_survivors(rollout.proc)  # kill -9 mid-run, then a new replica
     rollout.stop()
-    deadline = time.time() + 10
-    while any(alive(p) for p in engine) and time.time() < deadline:
-        time.sleep(0.1)
-    assert engine and not [p for p in engine if alive(p)], "the killed rollout service's engine processes are gone"
+    assert engine and not left, "the killed rollout service's engine processes are gone"
     rollout = start("rollout")
     wait_step(3, learner)
     reward.stop(sig_kill=True)

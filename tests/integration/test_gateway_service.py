@@ -470,16 +470,8 @@ def test_refuses_open_address_without_key(toy_model):
 
 def test_killed_gateway_takes_its_engine_with_it(gateway):
     """Last in this module: kill -9 of the gateway leaves no engine process behind (issue 19, item 12)."""
-    import signal
+    from tests.conftest import kill_and_survivors
 
-    from tests.conftest import alive, descendants
-
-    proc = gateway[2]
-    engine = descendants(proc.proc.pid)
+    engine, left = kill_and_survivors(gateway[2].proc)
     assert engine, "the engine runs in child processes"
-    os.kill(proc.proc.pid, signal.SIGKILL)
-    proc.proc.wait()
-    deadline = time.time() + 10
-    while any(alive(p) for p in engine) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in engine if alive(p)]
+    assert not left

@@ -10,9 +10,7 @@ service running on what it has, says so in /health, and the next good version is
 from __future__ import annotations
 
 import collections
-import os
 import re
-import signal
 import time
 
 import httpx
@@ -24,7 +22,7 @@ from autothink import weights as W
 from autothink.bus.messages import PromptMsg, decode
 from autothink.bus.streams import RedisBus
 from autothink.toy.task import eval_split
-from tests.conftest import alive, descendants
+from tests.conftest import kill_and_survivors
 from tests.integration.test_rollout_service import _start as start_rollout
 
 pytestmark = pytest.mark.slow
@@ -103,14 +101,9 @@ def test_short_groups_first_exactly_once_across_replicas_and_poison_dead_lettere
         assert httpx.get(f"{base}/health").status_code == 200
 
     # kill -9 of a replica takes its engine processes with it (parent-death signal, autothink/procs.py)
-    engine = descendants(a.proc.pid)
+    engine, left = kill_and_survivors(a.proc)
     assert engine, "the engine runs in child processes"
-    os.kill(a.proc.pid, signal.SIGKILL)
-    a.proc.wait()
-    deadline = time.time() + 10
-    while any(alive(p) for p in engine) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in engine if alive(p)]
+    assert not left
 
 
 def test_a_version_that_fails_to_apply_is_reported_and_the_next_good_one_applied(toy_model, redis_server, services, tmp_path):
