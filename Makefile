@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install bench proto deploy images clean help
+.PHONY: demo test test-fast install bench bench-seeds proto deploy images clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,6 +22,9 @@ test-fast: install  ## unit tests only
 bench: install  ## run the benchmarks (ratios against same-run baselines) and rewrite BENCHMARKS.md
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run.py
+
+bench-seeds: install  ## the demo's training and evaluation for 5 seeds: how often each target is met (~1 h)
+	$(PY) bench/seeds_bench.py --seeds 5
 
 proto: install  ## regenerate autothink/v1/*_pb2*.py from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh

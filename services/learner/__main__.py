@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         server = serve_in_thread(app, svc.host, svc.metrics_port)
     try:
         learner.run(svc.max_steps)
+        learner.trainer.close()  # every rank finished the schedule: leave the process group together
         finished.set()
         if svc.serve_after_finish and learner.rank == 0:
             logging.getLogger("autothink.learner").info(

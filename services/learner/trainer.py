@@ -315,6 +315,18 @@ class GRPOTrainer:
             AutoTokenizer.from_pretrained(str(tokenizer_from)).save_pretrained(str(out))
 
 
+    def close(self) -> None:
+        """Leave the process group together: every rank waits at a barrier, then tears it down.  A
+        rank that exits while another still sends (rank 0 saving after a gather) aborts in gloo's
+        destructor ("terminate called without an active exception")."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            if self.world > 1:
+                dist.barrier()
+            dist.destroy_process_group()
+
+
 @dataclass
 class MicroBatch:
     """Sample indices of one forward/backward pass; ``real=False``: a dummy pass (zero loss weight)

@@ -37,3 +37,4 @@ if __name__ == "__main__":
     state = t.state_dict()  # every rank joins the ZeRO-3 gather; rank 0 gets the tensors
     if t.rank == 0:
         torch.save({"state": state, "world": t.world, "stats": stats, "micro_batches": counts}, out)
+    t.close()
