@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install bench bench-seeds proto deploy images clean help
+.PHONY: demo test test-fast install bench bench-seeds proto deploy images compose-test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,7 +24,7 @@ bench: install  ## run the benchmarks (ratios against same-run baselines) and re
 	$(PY) bench/run.py
 
 bench-seeds: install  ## the demo's training and evaluation for 5 seeds: how often each target is met (~1 h)
-	$(PY) bench/seeds_bench.py --seeds 5
+	$(PY) bench/seeds_bench.py --seeds 5 --benchmarks
 
 proto: install  ## regenerate autothink/v1/*_pb2*.py from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh
@@ -36,6 +36,9 @@ deploy:  ## render deploy/autothink.yaml from deploy/overlays/cpu-toy (what `kub
 images:  ## build the CPU and CUDA images (needs a Docker engine)
 	docker build -f docker/Dockerfile -t autothink:cpu .
 	docker build -f docker/Dockerfile.cuda -t autothink:cuda .
+
+compose-test:  ## build the images and run docker-compose.yml for real: health, training, kills, gateway, down (~20 min; not in `make test`)
+	scripts/compose_test.sh
 
 clean:  ## remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .cache runs reports

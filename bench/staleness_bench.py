@@ -68,7 +68,7 @@ def main() -> None:
                                                "AUTOTHINK_REWARD_PORT": str(rport), "AUTOTHINK_REWARD_GRADER_WORKERS": "1"}, f"reward-{run_id}.log")
             rollout = start("services.rollout", {"AUTOTHINK_ROLLOUT_MODEL": cfg["model"]["path"], "AUTOTHINK_ROLLOUT_REDIS__URL": redis.url,
                                                  "AUTOTHINK_ROLLOUT_RUN_ID": run_id, "AUTOTHINK_ROLLOUT_PORT": str(oport),
-                                                 "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "256", "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights,
+                                                 "AUTOTHINK_ROLLOUT_MAX_MODEL_LEN": "512", "AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS": weights,
                                                  **cores.get("rollout", {})}, f"rollout-{run_id}.log")
             for port, proc in ((rport, reward), (oport, rollout)):
                 wait_healthy(f"http://127.0.0.1:{port}/health", proc)

@@ -110,11 +110,13 @@ def toy_build(
 
 
 def _print_level_table(levels: list) -> None:
-    typer.echo(f"{'level':>5} {'think_acc':>9} {'no_think_acc':>12} {'ellipsis_acc':>12} {'no_think_rate':>13}", err=True)
+    typer.echo(f"{'level':>5} {'think_acc':>9} {'no_think_acc':>12} {'ellipsis_acc':>12} {'no_think_rate':>13}"
+               f" {'think_tokens':>12} {'minimal_trace':>13}", err=True)
     for row in levels:
         typer.echo(
             f"{row['level']:>5} {row['think_acc']:>9.3f} {row['no_think_acc']:>12.3f} {row['ellipsis_acc']:>12.3f}"
-            f" {row['ellipsis_no_think_rate']:>13.3f}",
+            f" {row['ellipsis_no_think_rate']:>13.3f} {row.get('think_tokens', float('nan')):>12.1f}"
+            f" {row.get('minimal_think_tokens', float('nan')):>13.1f}",
             err=True,
         )
 
@@ -316,7 +318,7 @@ def _report(run, stack, out, per_level: int, samples: int, elapsed: float):  # t
                      f"max {max_tokens} tokens; {len(stack.metrics)} GRPO steps; whole demo {elapsed:.0f} s before evaluation."),
         "rows": rows,
         "think_rate_by_level": {"before": R.think_by_level(before), "after": R.think_by_level(after)},
-        "targets": R.check_targets(rows, after["method"]),
+        "targets": R.check_targets(rows, after["method"], previous=rows[-2]["method"] if len(run.stages) > 1 else None),
         "settings": {"problems": len(problems), "samples": samples, "temperature": temperature, "max_tokens": max_tokens,
                      "steps": len(stack.metrics), "stages": [s.model_dump(mode="json") for s in run.stages]},
     }

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from autothink.config import Strict
-from autothink.toy.task import LEVELS, NoiseRule, ToyProblem, eval_split, sft_example, think_response, train_split
+from autothink.toy.task import LEVELS, NoiseRule, RecheckRule, ToyProblem, eval_split, sft_example, think_response, train_split
 
 MANIFEST = "autothink_toy.json"
 
@@ -43,9 +43,11 @@ class ToySettings(Strict):
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
     warmup_steps: int = 50
     p_think: float = Field(0.5, gt=0, lt=1, description="Share of think-mode demonstrations, at every level.")
-    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.2, "max_offset": 3})
+    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.4, "max_offset": 3})
+    recheck_passes: tuple[float, ...] = Field(
+        (0.2, 0.4, 0.4), description="Probability of 0, 1, 2 ... redundant re-verification passes in a think demonstration.")
     eval_temperature: float = 0.6
-    max_response_tokens: int = 96
+    max_response_tokens: int = Field(256, description="Room for the longest overthinking trace (level 8, two re-checks: ~220 tokens).")
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
@@ -54,22 +56,31 @@ class ToySettings(Strict):
         n = self.noise
         return NoiseRule(int(n["start_level"]), float(n["per_level"]), int(n["max_offset"]))
 
+    def recheck_rule(self) -> RecheckRule:
+        return RecheckRule(tuple(self.recheck_passes))
+
 
 def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[str, bool]:
     """The toy model's acceptance targets, each by name.
 
-    >>> lv = [{"level": l, "think_acc": 1.0, "no_think_acc": 1.0 if l == 1 else 0.2, "ellipsis_no_think_rate": 0.5} for l in (1, 8)]
+    >>> lv = [{"level": l, "think_acc": 1.0, "no_think_acc": 1.0 if l == 1 else 0.2, "ellipsis_no_think_rate": 0.5,
+    ...        "think_tokens": 30.0 * l, "minimal_think_tokens": 18.0 * l} for l in (1, 8)]
     >>> all(check_targets({"levels": lv, "build_seconds": 200}).values())
     True
     """
     levels = sorted(summary["levels"], key=lambda r: r["level"])
     first, last = levels[0], levels[-1]
-    return {
+    out = {
         "build within 5 minutes": summary["build_seconds"] <= max_seconds,
         "no-think rate 0.3..0.7 at every level": all(0.3 <= r["ellipsis_no_think_rate"] <= 0.7 for r in levels),
         "level 1: both modes >= 0.9": first["think_acc"] >= 0.9 and first["no_think_acc"] >= 0.9,
         "hardest level: think beats no-think by >= 0.3": last["think_acc"] - last["no_think_acc"] >= 0.3,
     }
+    if all("minimal_think_tokens" in r for r in levels):  # builds before the overthinking toy lack it
+        think = sum(r["think_tokens"] for r in levels)
+        minimal = sum(r["minimal_think_tokens"] for r in levels)
+        out["standard prompt overthinks: >= 1.5x the minimal trace"] = think >= 1.5 * minimal
+    return out
 
 
 def cached_summary(out: Path, settings: ToySettings) -> dict[str, Any] | None:
@@ -101,7 +112,7 @@ def warm_start(out: Path, settings: ToySettings, train: list[ToyProblem], progre
 
     rng = random.Random(f"toy-sft-{settings.seed}")
     noise = settings.noise_rule()
-    examples = [sft_example(p, rng, noise, settings.p_think) for p in train]
+    examples = [sft_example(p, rng, noise, settings.p_think, settings.recheck_rule()) for p in train]
     corpus = [prompt + response for prompt, response in examples[:5000]]
     corpus += [think_response(p) for p in train[:2000]]
     build_tokenizer(corpus, settings.vocab_size, out)
@@ -185,16 +196,25 @@ def warm_start(out: Path, settings: ToySettings, train: list[ToyProblem], progre
 
 
 def evaluate(model_dir: Path, problems: list[ToyProblem], settings: ToySettings) -> list[dict[str, Any]]:
-    """Per-level accuracy under the three prompts, sampled with vLLM at the eval temperature."""
+    """Per-level accuracy under the three prompts, sampled with vLLM at the eval temperature, and
+    the length of the minimal think answer (what a model that never re-checks would write)."""
+    from transformers import AutoTokenizer
+
     from autothink.evaluation import VLLMSampler, level_table
 
     with VLLMSampler(model_dir, seed=settings.seed) as sampler:
-        return level_table(
+        table = level_table(
             sampler,
             [{"problem": p.problem, "answer": p.answer, "level": p.level} for p in problems],
             temperature=settings.eval_temperature,
             max_tokens=settings.max_response_tokens,
         )
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    for row in table:
+        mine = [p for p in problems if p.level == row["level"]]
+        lengths = [len(tok(think_response(p), add_special_tokens=False)["input_ids"]) + 1 for p in mine]  # + EOS
+        row["minimal_think_tokens"] = round(sum(lengths) / len(lengths), 1)
+    return table
 
 
 def build(out: Path, settings: ToySettings = ToySettings(), progress: bool = True, force: bool = False) -> dict[str, Any]:
@@ -234,7 +254,10 @@ def build(out: Path, settings: ToySettings = ToySettings(), progress: bool = Tru
 
 
 def set_threads() -> None:
-    """Use every core for the warm start (torch defaults to physical cores)."""
+    """Use every core for the warm start (torch defaults to physical cores), unless
+    ``OMP_NUM_THREADS`` says otherwise: on a machine shared with other busy processes one thread
+    is much faster than two that wait for each other at every operation."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0 else max(1, os.cpu_count() or 1))

@@ -5,18 +5,30 @@ like the real data and its answer is a ``\\boxed{}`` integer::
 
     What is the value of $3+5+7+2$?            ground truth "17"
 
-The think trace is a running sum, one single-digit step per line (``3+5=8`` / ``8+7=15`` /
+The minimal think trace is a running sum, one single-digit step per line (``3+5=8`` / ``8+7=15`` /
 ``15+2=17``; written without spaces to keep sequences short): each step refers to one earlier number and one digit, which a
 tiny model learns quickly.
 
-**Direct answers degrade with difficulty by construction.**  A 3-4 layer model learns to add up
-nine digits in one pass almost as well as step by step (DESIGN.md §6), so on this task thinking
-would win nothing.  Following the documented fallback, the no-think demonstrations of the warm
-start are exact on easy levels and approximate on hard ones: from ``noise_start_level`` on, a
-direct answer is off by ±1..``noise_max_offset`` with probability
-``noise_per_level · (level − noise_start_level + 1)`` (capped at 1).  That is the situation of a
-real R1 model, whose direct answers get worse as problems get harder.  Think traces are always
-exact.  The RL stages must still discover on their own when to think.
+The warm start gives the toy the two properties of an R1 model that AutoThink works on:
+
+**It overthinks.**  R1 models re-verify, restate and double-check; that redundancy is what stage
+3's length shaping removes.  So a warm-start think trace is the running sum followed by 0, 1 or
+2 re-verification passes (:class:`RecheckRule`: "Wait, let me check." and the running sum again),
+drawn at random, independent of the level and of correctness.  Minimal traces stay possible
+(20 % of demonstrations), and on average a trace is about twice as long as the minimal one.
+
+**Its direct answers are right on easy problems and degrade steeply on hard ones.**  A 3-layer
+model learns to add up nine digits in one pass almost as well as step by step (DESIGN.md §6),
+so on this task thinking would win nothing.  Following the documented fallback, the no-think
+demonstrations are exact on easy levels and approximate on hard ones: from
+``noise_start_level`` on, a direct answer is off by ±1..``noise_max_offset`` with probability
+``noise_per_level · (level − noise_start_level + 1)`` (capped at 1); and easy problems, where an
+R1 model has seen the most direct answers, are the most frequent in the warm start
+(:data:`TRAIN_LEVEL_WEIGHTS`).  Under the reference rewards a direct answer is worth 3p − 1 and a
+think answer q (p, q the accuracies of the two modes), so the break-even, p ≈ 0.67, falls between
+the easy levels (p near 1) and the hard ones.  Think traces are always exact.  The RL stages are
+told none of this: they must discover from rewards alone when thinking pays and that the
+re-checks are wasted.
 """
 
 from __future__ import annotations
@@ -42,14 +54,14 @@ class NoiseRule:
     """How wrong the warm start's direct answers are, by level (see the module docstring)."""
 
     start_level: int = 3
-    per_level: float = 0.2
+    per_level: float = 0.4
     max_offset: int = 3
 
     def probability(self, level: int) -> float:
         """Chance that a direct demonstration at ``level`` is off.
 
         >>> [round(NoiseRule().probability(l), 1) for l in range(1, 9)]
-        [0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+        [0.0, 0.0, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
         """
         if level < self.start_level:
             return 0.0
@@ -76,6 +88,48 @@ def think_trace(digits: tuple[int, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: How an overthinking trace announces a re-verification pass (one drawn at random per pass).
+RECHECK_PHRASES = ("Wait, let me check.", "Let me verify that again.", "Hmm, let me double-check.")
+
+
+@dataclass(frozen=True)
+class RecheckRule:
+    """How many redundant re-verification passes a warm-start think trace carries.
+
+    ``passes[k]`` is the probability of k passes, the same at every level and whatever the
+    answer; each pass is a phrase from :data:`RECHECK_PHRASES` and the running sum again.
+    """
+
+    passes: tuple[float, ...] = (0.2, 0.4, 0.4)
+
+    def __post_init__(self) -> None:
+        if abs(sum(self.passes) - 1.0) > 1e-9 or any(p < 0 for p in self.passes):
+            raise ValueError(f"recheck pass probabilities must be >= 0 and sum to 1, got {self.passes}")
+
+    def mean(self) -> float:
+        """Expected number of passes.
+
+        >>> RecheckRule().mean()
+        1.2
+        """
+        return round(sum(k * p for k, p in enumerate(self.passes)), 12)
+
+    def draw(self, rng: random.Random) -> int:
+        return rng.choices(range(len(self.passes)), weights=self.passes)[0]
+
+
+def overthink_trace(digits: tuple[int, ...], passes: int, rng: random.Random) -> str:
+    """The running sum, then ``passes`` redundant re-verifications of it.
+
+    >>> print(overthink_trace((3, 5), 1, random.Random(0)), end="")
+    3+5=8
+    Let me verify that again.
+    3+5=8
+    """
+    trace = think_trace(digits)
+    return trace + "".join(rng.choice(RECHECK_PHRASES) + "\n" + trace for _ in range(passes))
+
+
 def final_answer(value: int) -> str:
     return f"The answer is $\\boxed{{{value}}}$."
 
@@ -89,11 +143,15 @@ def direct_value(p: ToyProblem, rng: random.Random, noise: NoiseRule) -> int:
     return value
 
 
-def think_response(p: ToyProblem) -> str:
-    return think_trace(p.digits) + f"{THINK_CLOSE}\n\n" + final_answer(sum(p.digits))
+def think_response(p: ToyProblem, passes: int = 0, rng: random.Random | None = None) -> str:
+    """A think answer: the running sum with ``passes`` re-checks (0: the minimal trace), then the
+    boxed sum."""
+    trace = overthink_trace(p.digits, passes, rng or random.Random(0)) if passes else think_trace(p.digits)
+    return trace + f"{THINK_CLOSE}\n\n" + final_answer(sum(p.digits))
 
 
-def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: float = 0.5) -> tuple[str, str]:
+def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: float = 0.5,
+                recheck: RecheckRule = RecheckRule()) -> tuple[str, str]:
     """(prompt, response) for the warm start.
 
     60% of examples use the ellipsis prompt, with the mode drawn independently of the level, so
@@ -109,7 +167,7 @@ def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: fl
     else:
         strategy, think = "no_think", False
     if think:
-        return build_prompt(p.problem, strategy), think_response(p)
+        return build_prompt(p.problem, strategy), think_response(p, recheck.draw(rng), rng)
     direct = final_answer(direct_value(p, rng, noise))
     if strategy == "no_think":
         return build_prompt(p.problem, "no_think"), direct
@@ -123,9 +181,9 @@ def eval_split(seed: int, per_level: int) -> list[ToyProblem]:
 
 
 #: How often each level appears in the warm start's training data.  Easy problems are short
-#: (cheap) and their direct answers must be exact, so they get more weight; the mode mix is the
-#: same at every level whatever the weights.
-TRAIN_LEVEL_WEIGHTS = (3, 2, 1, 1, 1, 1, 1, 1)
+#: (cheap) and their direct answers must be near-perfect, as an R1 model's are, so they get more
+#: weight; the mode mix is the same at every level whatever the weights.
+TRAIN_LEVEL_WEIGHTS = (3, 3, 1, 1, 1, 1, 1, 1)
 
 
 def train_split(seed: int, n: int, exclude: set[str], weights: tuple[int, ...] = TRAIN_LEVEL_WEIGHTS) -> list[ToyProblem]:

@@ -46,6 +46,19 @@ def test_the_build_has_the_shape_of_an_untrained_r1_model(small_build):
     assert all(r["think_tokens"] > r["no_think_tokens"] for r in levels)
 
 
+def test_the_build_overthinks_and_answers_easy_problems_directly(small_build):
+    # the two R1 properties the toy is built to have (autothink/toy/task.py): think answers carry
+    # redundant re-checks (the standard prompt's answers well above the minimal trace), and direct
+    # answers are right on the easiest level and mostly wrong from level 4 on
+    _, summary, _ = small_build
+    levels = summary["levels"]
+    think = sum(r["think_tokens"] for r in levels)
+    minimal = sum(r["minimal_think_tokens"] for r in levels)
+    assert think >= 1.5 * minimal, (think, minimal)
+    assert levels[0]["no_think_acc"] >= 0.9, levels[0]
+    assert all(r["no_think_acc"] <= 0.5 for r in levels[3:]), levels
+
+
 def test_folder_loads_in_transformers_and_answers(small_build):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -50,6 +50,19 @@ def test_targets() -> None:
     assert t["no-think rate <= 0.3 at level 8"] == {"value": 0.0, "goal": 0.3, "met": True}
     t = R.check_targets(rows, "worse")
     assert not t["accuracy >= standard - 2 points"]["met"] and not t["no-think rate <= 0.3 at level 8"]["met"]
+    assert not any(name.startswith("last stage") for name in t)  # no previous stage named: no stage-3 targets
+
+
+def test_stage_targets_against_the_previous_stage() -> None:
+    rows = R.table(_results(), lambda s: R.toy_group(s.level))
+    # "worse" after "AutoThink stage 3": tokens 30 vs 50 (0.6x, met), accuracy 0.5 vs 1.0 (not within 1 point)
+    t = R.check_targets(rows, "worse", previous="AutoThink stage 3")
+    assert t["last stage vs the one before: tokens <= 0.85x"] == {"value": 0.6, "goal": 0.85, "met": True}
+    assert t["last stage vs the one before: accuracy >= -1 point"] == {"value": 0.5, "goal": 0.99, "met": False}
+    # stage 3 after the standard prompt: 50 vs 100 tokens, accuracy 1.0 vs 0.75
+    t = R.check_targets(rows, "AutoThink stage 3", previous="standard prompt")
+    assert t["last stage vs the one before: tokens <= 0.85x"]["value"] == 0.5
+    assert t["last stage vs the one before: accuracy >= -1 point"]["met"]
 
 
 def test_write_report_files(tmp_path) -> None:

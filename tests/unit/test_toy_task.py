@@ -8,7 +8,10 @@ import pytest
 from autothink.prompting import parse_response
 from autothink.toy.task import (
     LEVELS,
+    RECHECK_PHRASES,
     NoiseRule,
+    RecheckRule,
+    overthink_trace,
     direct_value,
     eval_split,
     make_problem,
@@ -34,7 +37,7 @@ def test_think_trace_is_a_running_sum():
 
 def test_noise_rule_matches_the_design_fallback():
     rule = NoiseRule()
-    assert [rule.probability(level) for level in LEVELS] == pytest.approx([0, 0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    assert [rule.probability(level) for level in LEVELS] == pytest.approx([0, 0, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0])
     rng = random.Random(0)
     easy = [make_problem(rng, 2) for _ in range(200)]
     assert all(direct_value(p, rng, rule) == sum(p.digits) for p in easy)
@@ -65,3 +68,49 @@ def test_splits_are_deterministic_and_disjoint():
     assert [p.problem for p in tr[:50]] == [p.problem for p in train_split(0, 50, {p.problem for p in ev})]
     held_out = {p.problem for p in ev if p.level > 1}
     assert not held_out & {p.problem for p in tr}
+
+
+def test_overthinking_trace_repeats_the_running_sum_after_a_recheck_phrase():
+    # hand-written: 9+8+7 with one re-check
+    text = overthink_trace((9, 8, 7), 1, random.Random(0))
+    phrase = text.splitlines()[2]
+    assert phrase in RECHECK_PHRASES
+    assert text == f"9+8=17\n17+7=24\n{phrase}\n9+8=17\n17+7=24\n"
+    assert overthink_trace((9, 8, 7), 0, random.Random(0)) == think_trace((9, 8, 7))
+    two = think_response(make_problem(random.Random(3), 4), 2, random.Random(1))
+    r = parse_response(two)
+    assert r.mode == "think" and r.format_ok and r.reasoning.count("\n") + 1 == 3 * 4 + 2  # lines: 3 x 4 steps, 2 phrases
+    assert two.endswith("The answer is $\\boxed{" + str(sum(make_problem(random.Random(3), 4).digits)) + "}$.")
+
+
+def test_recheck_passes_are_drawn_independently_of_level_and_average_1_2():
+    rule = RecheckRule()
+    assert rule.mean() == pytest.approx(0.0 * 0.2 + 1 * 0.4 + 2 * 0.4)
+    rng = random.Random(0)
+    for level in (1, 8):
+        counts = Counter()
+        for _ in range(3000):
+            prompt, response = sft_example(make_problem(rng, level), rng, NoiseRule())
+            r = parse_response(response)
+            if r.mode == "think" and r.closed_think and r.reasoning:  # a think demonstration (not a direct one)
+                counts[sum(response.count(p) for p in RECHECK_PHRASES)] += 1
+        total = sum(counts.values())
+        # 0, 1, 2 passes at 0.2 / 0.4 / 0.4 (binomial sd at n~1350: < 0.014)
+        assert [round(counts[k] / total, 1) for k in range(3)] == [0.2, 0.4, 0.4], (level, counts)
+        assert set(counts) == {0, 1, 2}
+    with pytest.raises(ValueError, match="sum to 1"):
+        RecheckRule((0.5, 0.4))
+
+
+def test_direct_demonstrations_exact_on_easy_levels_and_mostly_wrong_from_level_4():
+    rng, rule = random.Random(0), NoiseRule()
+    wrong = {}
+    for level in LEVELS:
+        ps = [make_problem(rng, level) for _ in range(1000)]
+        wrong[level] = sum(direct_value(p, rng, rule) != sum(p.digits) for p in ps) / len(ps)
+    assert wrong[1] == wrong[2] == 0.0
+    assert 0.35 < wrong[3] < 0.45 and 0.75 < wrong[4] < 0.85
+    assert all(wrong[level] == 1.0 for level in (5, 6, 7, 8))
+    # the reward's break-even for a direct answer is p ~ 0.67 (3p - 1 = q with q ~ 1): the
+    # demonstrations put it between level 2 (p = 1) and level 3 (p = 0.6)
+    assert 1 - wrong[2] > 2 / 3 > 1 - wrong[3]

@@ -1,0 +1,171 @@
+"""Does the demo's payoff hold across seeds?  The demo's training and evaluation, once per seed.
+
+    .venv/bin/python bench/seeds_bench.py --seeds 5            # make bench-seeds (~1 h on 2 cores)
+
+Each seed runs ``autothink demo --no-serve --set seed=N`` in a process of its own (the same toy
+build, the toy preset, a fresh run folder and report), then reads its ``report.json``.  Prints one
+JSON object and writes ``OUT/summary.md``: for every target of the demo, how many seeds met it;
+the mean ± sd over seeds of the final model's accuracy, tokens and the paper's E-F1, and of the
+standard prompt's; a row per seed.  ``--benchmarks`` also replaces the section of BENCHMARKS.md
+between its markers (``make bench`` keeps that section as it is).
+
+RL runs of the same settings differ; the goal (issue #22) is every target met in at least 4 of
+5 seeds.  Nothing is tuned per seed: every run uses the preset as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BEGIN, END = "<!-- seeds:begin (bench/seeds_bench.py --benchmarks) -->", "<!-- seeds:end -->"
+
+
+def seed_row(seed: int, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """What one seed's report says about the final model (the last row) and its baselines."""
+    rows = {r["method"]: r for r in report["rows"]}
+    final = report["rows"][-1]
+    previous = report["rows"][-2]
+    std = rows["standard prompt"]
+    return {
+        "seed": seed,
+        "seconds": round(seconds),
+        "accuracy": final["accuracy"],
+        "tokens": final["mean_tokens"],
+        "e_f1": final.get("e_f1") or 0.0,
+        "standard_accuracy": std["accuracy"],
+        "standard_tokens": std["mean_tokens"],
+        "token_ratio": final["mean_tokens"] / max(std["mean_tokens"], 1e-9),
+        "previous_token_ratio": final["mean_tokens"] / max(previous["mean_tokens"], 1e-9),
+        "think_rate_after": report["think_rate_by_level"]["after"],
+        "targets": {name: bool(t["met"]) for name, t in report["targets"].items()},
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pass counts per target and mean ± sd of the headline numbers.
+
+    >>> r = [{"accuracy": 0.9, "tokens": 30.0, "e_f1": 10.0, "standard_accuracy": 0.95, "standard_tokens": 60.0,
+    ...       "token_ratio": 0.5, "targets": {"a": True, "b": False}},
+    ...      {"accuracy": 0.8, "tokens": 40.0, "e_f1": 0.0, "standard_accuracy": 0.95, "standard_tokens": 62.0,
+    ...       "token_ratio": 0.65, "targets": {"a": True, "b": True}}]
+    >>> s = summarize(r)
+    >>> s["passes"], s["all_targets_seeds"], round(s["accuracy"]["mean"], 3), round(s["accuracy"]["sd"], 4)
+    ({'a': 2, 'b': 1}, 1, 0.85, 0.0707)
+    """
+    def ms(key: str) -> dict[str, float]:
+        values = [float(r[key]) for r in rows]
+        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+    names = list(rows[0]["targets"]) if rows else []
+    return {
+        "seeds": len(rows),
+        "passes": {n: sum(r["targets"].get(n, False) for r in rows) for n in names},
+        "all_targets_seeds": sum(all(r["targets"].values()) for r in rows),
+        **{k: ms(k) for k in ("accuracy", "tokens", "e_f1", "standard_accuracy", "standard_tokens", "token_ratio")},
+    }
+
+
+def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], started: str) -> str:
+    n = summary["seeds"]
+    goal = max(1, round(0.8 * n))
+
+    def pm(key: str, scale: float = 1.0, fmt: str = ".1f") -> str:
+        m = summary[key]
+        return f"{m['mean'] * scale:{fmt}} ± {m['sd'] * scale:{fmt}}"
+
+    targets = "\n".join(f"| {name} | {k}/{n} | {'met' if k >= goal else '**missed**'} |" for name, k in summary["passes"].items())
+    per_seed = "\n".join(
+        f"| {r['seed']} | {r['accuracy'] * 100:.1f} | {r['standard_accuracy'] * 100:.1f} | {r['tokens']:.1f} | "
+        f"{r['standard_tokens']:.1f} | {r['token_ratio']:.2f}× | {r['previous_token_ratio']:.2f}× | {r['e_f1']:.1f} | "
+        f"{sum(r['targets'].values())}/{len(r['targets'])} | {r['seconds']} s |"
+        for r in rows
+    )
+    return f"""## The demo's payoff across seeds (`bench/seeds_bench.py`, `make bench-seeds`)
+
+`autothink demo --no-serve --set seed=N` for {n} seeds (run {started}): the same toy build, the toy
+preset unchanged, each seed's own training and evaluation (16 problems per level × 8 samples).
+Goal (issue #22): every target met in at least {goal} of {n} seeds.
+
+| target (final model; "last stage": stage 3 against stage 2) | seeds met | goal |
+|---|---|---|
+{targets}
+
+Mean ± sd over seeds: final model accuracy {pm('accuracy', 100)} % (standard prompt {pm('standard_accuracy', 100)} %),
+tokens {pm('tokens')} (standard {pm('standard_tokens')}; ratio {pm('token_ratio', 1, '.2f')}), E-F1 {pm('e_f1')}.
+All targets met in {summary['all_targets_seeds']} of {n} seeds.
+
+| seed | accuracy % | standard % | tokens | standard tokens | ratio | vs stage 2 | E-F1 | targets | time |
+|---|---|---|---|---|---|---|---|---|---|
+{per_seed}
+"""
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with the marked section replaced (appended when it has none).
+
+    >>> replace_section("a\\n" + BEGIN + "\\nold\\n" + END + "\\nb\\n", "new\\n").split()
+    ['a', '<!--', 'seeds:begin', '(bench/seeds_bench.py', '--benchmarks)', '-->', 'new', '<!--', 'seeds:end', '-->', 'b']
+    """
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1]
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def run_seed(seed: int, out: Path, log: Path) -> tuple[dict[str, Any], float]:
+    from tests.conftest import free_port
+
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    t0 = time.time()
+    with log.open("wb") as f:
+        r = subprocess.run([autothink, "demo", "--no-serve", "--out", str(out / f"seed{seed}"), "--port", str(free_port()),
+                            "--set", f"seed={seed}", "--set", f"output_dir={out / f'run{seed}'}"],
+                           cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise SystemExit(f"seed {seed}: autothink demo failed (exit {r.returncode}); its log: {log}")
+    return json.loads((out / f"seed{seed}" / "report.json").read_text()), time.time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5, help="How many seeds (0, 1, ... N-1).")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--out", default="reports/seeds", help="Reports, run folders and logs, one per seed.")
+    ap.add_argument("--benchmarks", action="store_true", help="Also write the section into BENCHMARKS.md.")
+    args = ap.parse_args()
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        print(f"[seeds] seed {seed}: autothink demo (log {out / f'seed{seed}.log'})", file=sys.stderr, flush=True)
+        report, seconds = run_seed(seed, out, out / f"seed{seed}.log")
+        rows.append(seed_row(seed, report, seconds))
+        r = rows[-1]
+        print(f"[seeds] seed {seed}: accuracy {r['accuracy'] * 100:.1f} % (standard {r['standard_accuracy'] * 100:.1f} %), "
+              f"tokens {r['token_ratio']:.2f}x standard, {sum(r['targets'].values())}/{len(r['targets'])} targets, {seconds:.0f} s",
+              file=sys.stderr, flush=True)
+        (out / "rows.json").write_text(json.dumps(rows, indent=1))  # what is done survives a later failure
+    summary = summarize(rows)
+    text = markdown(summary, rows, started)
+    (out / "summary.md").write_text(text)
+    if args.benchmarks:
+        path = ROOT / "BENCHMARKS.md"
+        path.write_text(replace_section(path.read_text(), text))
+    print(text, file=sys.stderr)
+    print(json.dumps({"summary": summary, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
