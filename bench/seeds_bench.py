@@ -143,12 +143,16 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--out", default="reports/seeds", help="Reports, run folders and logs, one per seed.")
     ap.add_argument("--benchmarks", action="store_true", help="Also write the section into BENCHMARKS.md.")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="Run nothing: summarise the seeds already in OUT/rows.json (e.g. after stopping a long run).")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    rows = json.loads((out / "rows.json").read_text()) if args.summarize_only else []
+    if args.summarize_only and not rows:
+        raise SystemExit(f"{out / 'rows.json'} holds no finished seed")
+    for seed in [] if args.summarize_only else range(args.first_seed, args.first_seed + args.seeds):
         print(f"[seeds] seed {seed}: autothink demo (log {out / f'seed{seed}.log'})", file=sys.stderr, flush=True)
         report, seconds = run_seed(seed, out, out / f"seed{seed}.log")
         rows.append(seed_row(seed, report, seconds))
