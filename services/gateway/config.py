@@ -34,6 +34,9 @@ class GatewayConfig(Strict):
     max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (default: what the model allows).")
     reasoning_effort: EffortBudgets = Field(default_factory=EffortBudgets, description="Thinking budget of each reasoning_effort.")
     header_timeout_s: float = Field(10.0, gt=0, description="Close a connection that has not sent its request headers in this time.")
+    output_interval_tokens: int = Field(
+        256, ge=1, description="Requests that do not stream: the engine hands a choice's new tokens to the gateway every "
+        "this many tokens (the first and last at once) rather than every token; streaming requests get every token.")
     stall_timeout_s: float = Field(120.0, gt=0, description="/health fails when requests are in flight and the engine has produced nothing for this long.")
     enforce_eager: bool = False
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)

@@ -7,6 +7,22 @@ stall traffic.
 distribution each token was drawn from (after temperature and top-p): the first step's
 log-probability of ``</think>`` is then the calibrated no-think probability.
 
+**The per-request path** costs what `vllm serve`'s does: the engine runs with the defaults `vllm
+serve` gets (its usage context: on an H100, 1024 sequences and 8192 tokens a step, not the 128 and
+2048 of a bare engine); each call's ``SamplingParams`` is made for it alone (``skip_clone``: no deep
+copy per call); and a call whose tokens nobody reads as they come (a non-streaming request) asks the
+engine for its new tokens every ``output_interval`` tokens (vLLM's per-request ``stream_interval``;
+the first and the last at once) instead of every token — at R1 lengths (8-24k tokens) that is the
+difference between a Python hop through the gateway per token and one per few hundred, which `vllm
+serve` avoids with ``FINAL_ONLY``; batches rather than nothing until the end keep the stall check
+(``stall_timeout_s``) fed.  A vLLM without ``stream_interval`` gets every token, as before.
+
+One cost stays, by design: ``processed_logprobs`` is an engine-wide mode.  vLLM computes a
+log-softmax of the processed logits at every sampling step, and on CUDA it cannot use FlashInfer's
+top-k/top-p sampler (which exposes no processed log-probs) and sorts the vocabulary instead — the
+price of a ``think_probability`` calibrated to the request's own sampling (issue #21).  Seeded
+requests take that sorting path in `vllm serve` too.
+
 **Hot swaps.** A verified version from the learner's weight service is first written to shared
 memory by the follower thread while traffic flows.  Then the engine's scheduler is paused with
 vLLM's ``pause_generation(mode="keep")`` — requests in flight are frozen where they are, new ones
@@ -80,6 +96,19 @@ class VersionClock:
         if t.queued and later:
             return sorted(set(later))
         return sorted({t.version, *later})
+
+
+def _params_fields() -> dict[str, bool]:
+    """Which optional SamplingParams fields this vLLM has (``stream_interval`` came in 0.11-0.12)."""
+    try:
+        from vllm import SamplingParams
+    except ImportError:  # the unit tests' fake engines
+        return {}
+    fields = set(getattr(SamplingParams, "__struct_fields__", ()))
+    return {name: name in fields for name in ("stream_interval", "skip_clone")}
+
+
+_PARAMS_HAVE: dict[str, bool] = {}
 
 
 def _clamp(lp: float) -> float:
@@ -161,9 +190,12 @@ class VLLMEngine:
     def _start_engine(self) -> None:
         import torch
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from autothink.engine import context_length, engine_kwargs
+
+        _PARAMS_HAVE.update(_params_fields())
 
         extra: dict[str, Any] = {"served_model_name": [self.cfg.served_model_name], "disable_log_stats": True,
                                  # log-probs of the distribution each token was drawn from (calibrated think_probability)
@@ -176,7 +208,9 @@ class VLLMEngine:
         args = AsyncEngineArgs(**engine_kwargs(
             self.cfg.model, self.cfg.max_model_len, self.cfg.enforce_eager, self.cfg.gpu_memory_utilization, **extra,
         ))
-        engine = AsyncLLM.from_engine_args(args)
+        # the defaults `vllm serve` gets (on an H100: 1024 sequences and 8192 tokens a step, against
+        # 128 and 2048 for an engine started without a usage context): same engine, same batch
+        engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         tok = engine.get_tokenizer()
         close_id = tok.convert_tokens_to_ids("</think>")
         if not isinstance(close_id, int) or close_id == tok.unk_token_id:
@@ -210,6 +244,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        extra: dict[str, Any] = {}
+        if _PARAMS_HAVE.get("skip_clone"):
+            extra["skip_clone"] = True  # made for this call alone: no deep copy (as `vllm serve` does)
+        if sampling.output_interval > 1 and _PARAMS_HAVE.get("stream_interval"):
+            extra["stream_interval"] = sampling.output_interval
         params = SamplingParams(
             n=1,
             max_tokens=sampling.max_tokens,
@@ -222,6 +261,7 @@ class VLLMEngine:
             logprobs=None if sampling.probe_close else sampling.logprobs,
             logprob_token_ids=[self.close_id] if sampling.probe_close else None,
             output_kind=RequestOutputKind.DELTA,
+            **extra,
         )
         first = True
         if not self._calls:

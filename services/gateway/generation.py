@@ -56,6 +56,8 @@ class Sampling:
     logprobs: int | None = None  # per token: the sampled token's log-probability and this many top ones
     probe_close: bool = False  # also report log P(</think>) at the first step, as sampled (with logprobs
     # too, the call's alternatives are </think> alone: the engine returns one kind per call)
+    output_interval: int = 1  # the engine reports new tokens every this many (the first and the last at
+    # once): 1 for a client that streams; more when nobody reads the tokens as they come (see engine.py)
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,11 @@ async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: 
 async def merge(streams: Sequence[AsyncIterator[ChoiceDelta | ChoiceResult]]) -> AsyncIterator[ChoiceDelta | ChoiceResult]:
     """Interleave several choices' events as they are produced; the first error fails the whole
     request at once and cancels the other choices (their engine calls are aborted)."""
+    if len(streams) == 1:  # one choice (the common case): no task and no queue hop per event
+        async with contextlib.aclosing(streams[0]):  # type: ignore[type-var]
+            async for item in streams[0]:
+                yield item
+        return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 

@@ -29,13 +29,16 @@ class GatewayMetrics:
         self.swaps = Gauge("autothink_gateway_swaps", "Hot swaps since start", registry=registry)
         self._thought = 0
         self._total = 0
+        # the labelled children, looked up once (``labels()`` takes a lock and builds a key per call)
+        self._tokens = {k: self.tokens.labels(k) for k in ("prompt", "reasoning", "answer")}
+        self._choices = {k: self.choices.labels(k) for k in ("think", "no_think")}
 
     def record(self, prompt_tokens: int, results: Sequence[ChoiceResult]) -> None:
-        self.tokens.labels("prompt").inc(prompt_tokens)
+        self._tokens["prompt"].inc(prompt_tokens)
         for r in results:
-            self.tokens.labels("reasoning").inc(r.reasoning_tokens)
-            self.tokens.labels("answer").inc(r.answer_tokens)
-            self.choices.labels("think" if r.thought else "no_think").inc()
+            self._tokens["reasoning"].inc(r.reasoning_tokens)
+            self._tokens["answer"].inc(r.answer_tokens)
+            self._choices["think" if r.thought else "no_think"].inc()
             self.budget_forced.inc(r.budget_forced)
             self._thought += r.thought
             self._total += 1

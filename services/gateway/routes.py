@@ -69,7 +69,7 @@ def gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def authorize(request: Request) -> None:
+async def authorize(request: Request) -> None:  # async: FastAPI runs a plain def in its thread pool
     cfg = gateway(request).cfg
     if not cfg.api_key:
         return

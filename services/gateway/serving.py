@@ -132,7 +132,7 @@ class Serving:
 
     def job(self, request_id: str, ids: list[int], req: Any, limit: int | None, *, starts_in_reasoning: bool,
             probe: bool = False, threshold: float | None = None, budget: int | None = None, logprobs: int | None = None,
-            limit_param: str = "max_tokens") -> Job:
+            limit_param: str = "max_tokens", stream: bool = False) -> Job:
         if req.n > self.cfg.max_n:
             raise ApiError(400, f"n={req.n} is above this gateway's limit of {self.cfg.max_n}", param="n")
         room = self.engine.max_model_len - len(ids)
@@ -143,7 +143,11 @@ class Serving:
             raise ApiError(400, f"{limit_param}={limit} does not fit: the prompt is {len(ids)} tokens and the context "
                            f"{self.engine.max_model_len} (at most {room})", param=limit_param, code="context_length_exceeded")
         sampling = Sampling(max_tokens=limit if limit is not None else room, temperature=req.temperature, top_p=req.top_p,
-                            seed=req.seed, stop=tuple(req.stop_strings), logprobs=logprobs)
+                            seed=req.seed, stop=tuple(req.stop_strings), logprobs=logprobs,
+                            # nobody reads a non-streaming choice's tokens as they come: the engine hands
+                            # them over in batches (what `vllm serve` does with FINAL_ONLY, but still
+                            # showing progress to the stall check); a stream gets every token
+                            output_interval=1 if stream else self.cfg.output_interval_tokens)
         return Job(request_id, ids, sampling, req.n, starts_in_reasoning, probe, threshold, budget)
 
     # -- the run
@@ -192,7 +196,8 @@ class ServingGenerate(Serving):
         messages = _messages(req.messages) if req.messages is not None else problem_messages(req.prompt or "", req.add_instruction)
         ids = await self.conversation_ids(messages, mode, "prompt" if req.messages is None else "messages")
         job = self.job(request_id, ids, req, req.max_tokens, starts_in_reasoning=mode != "no_think", probe=mode == "auto",
-                       threshold=req.think_threshold, budget=self.budget(req.thinking_budget, req.reasoning_effort))
+                       threshold=req.think_threshold, budget=self.budget(req.thinking_budget, req.reasoning_effort),
+                       stream=req.stream)
         if not req.stream:
             return self.body(job, mode, await self.collect(job), t0)
         return self._events(job, mode, t0)
@@ -254,7 +259,8 @@ class ServingChat(Serving):
         limit_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         job = self.job(request_id, ids, req, req.completion_limit, starts_in_reasoning=mode != "no_think", probe=mode == "auto",
                        threshold=req.think_threshold, budget=self.budget(req.thinking_budget, req.reasoning_effort),
-                       logprobs=(req.top_logprobs or 0) if req.logprobs else None, limit_param=limit_param)
+                       logprobs=(req.top_logprobs or 0) if req.logprobs else None, limit_param=limit_param,
+                       stream=req.stream)
         head = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": self.cfg.served_model_name}
         if not req.stream:
             fin = await self.collect(job)
@@ -329,7 +335,7 @@ class ServingCompletion(Serving):
 
     async def create(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
         ids = await self.raw_ids(req.prompt)  # type: ignore[arg-type]
-        job = self.job(request_id, ids, req, req.max_tokens, starts_in_reasoning=False, logprobs=req.logprobs)
+        job = self.job(request_id, ids, req, req.max_tokens, starts_in_reasoning=False, logprobs=req.logprobs, stream=req.stream)
         head = {"id": f"cmpl-{request_id}", "created": int(time.time()), "model": self.cfg.served_model_name}
         if not req.stream:
             fin = await self.collect(job)

@@ -48,7 +48,7 @@ def gateway(toy_model, tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(f"{base}/ready", proc, timeout=300)
+        wait_healthy(f"{base}/ready", proc, timeout=900)  # the engine's start takes minutes on a loaded 2-core machine
         yield base, store, proc, toy_model[0]
     finally:
         proc.stop()

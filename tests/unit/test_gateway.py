@@ -478,6 +478,22 @@ def test_generate_stream_events(gateway) -> None:
     assert "".join(e["text"] for e in deltas) == "so \\boxed{7}"
 
 
+def test_engine_reports_tokens_in_batches_unless_the_client_streams(gateway) -> None:
+    """#21 benchmark: every engine call handed each token to the gateway (a Python hop per token
+    and choice, 24k of them for an R1 response) even when nobody read them before the end."""
+    model, client = gateway(output_interval_tokens=128)
+    for url, body in [("/generate", {"prompt": "q"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}]}),
+                      ("/v1/completions", {"prompt": "q", "max_tokens": 9})]:
+        model.calls.clear()
+        assert _call(client, "POST", url, json=body).status_code == 200
+        assert model.calls and all(c.output_interval == 128 for c in model.calls), url
+        model.calls.clear()
+        _, client = gateway(model, output_interval_tokens=128)
+        assert _call(client, "POST", url, json={**body, "stream": True}).status_code == 200
+        assert model.calls and all(c.output_interval == 1 for c in model.calls), url
+        _, client = gateway(model, output_interval_tokens=128)
+
+
 def test_chat_completion_returns_reasoning_under_both_names(gateway) -> None:
     _, client = gateway()
     body = _call(client, "POST", "/v1/chat/completions", json={"model": "autothink", "messages": [{"role": "user", "content": "q"}]}).json()
