@@ -136,3 +136,29 @@ def test_the_dashboard_serves_a_page_with_no_outside_resources_and_the_rows(tmp_
     data = client.get("/dashboard/data").json()
     assert [r["step"] for r in data["rows"]] == [0, 1, 2] and "group_ids" not in data["rows"][0]
     assert json.dumps(data)  # plain JSON
+
+
+def test_levels_settled_as_intended_are_a_note_and_the_batch_alone_is_the_alarm(tmp_path):
+    """What a real toy run looks like in stages 2-3: level 1 always answers directly, levels 3-8
+    always think, the batch stays mixed.  That is the goal, not a collapse: the row's
+    ``mode_collapse`` stays false and names the settled levels; a whole batch in one mode is one."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from services.learner.tracking import RunWatch
+
+    run = RunConfig.model_validate({"model": {"path": "m"}, "output_dir": str(tmp_path), "stages": [
+        {"name": "s", "steps": 20, "prompts_per_batch": 16, "samples_per_prompt": 8, "max_response_tokens": 8}]})
+    watch = RunWatch(run, CollectorRegistry(), tmp_path / "metrics.jsonl", total_steps=20)
+    batch = SimpleNamespace(samples=[SimpleNamespace(think=True, correct=True, level=lv) for lv in range(1, 9) for _ in range(16)])
+    settled = {"1": 1.0, "2": 0.5, **{str(lv): 0.0 for lv in range(3, 9)}}
+    rows = [{**_row(k, 0.8, settled), "policy_version": k + 1} for k in range(6)]
+    for row in rows:
+        watch.record(row, batch)
+    assert rows[-1]["mode_collapse"] is False
+    assert rows[-1]["levels_in_one_mode"] == {"1": "no_think", **{str(lv): "think" for lv in range(3, 9)}}
+    gone = [{**_row(6 + k, 0.0, {str(lv): 1.0 for lv in range(1, 9)}), "policy_version": 7 + k} for k in range(5)]
+    for row in gone:
+        watch.record(row, batch)
+    assert gone[-1]["mode_collapse"] is True and gone[-1]["levels_in_one_mode"]["3"] == "no_think"
