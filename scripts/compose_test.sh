@@ -157,7 +157,9 @@ fi
 export TORCH_INDEX_URL
 # A TLS-inspecting proxy: the build trusts the CA certificates this machine added (docker/certs/).
 for crt in /usr/local/share/ca-certificates/*.crt; do
-  [ -f "$crt" ] && ! cmp -s "$crt" "docker/certs/$(basename "$crt")" && cp "$crt" docker/certs/ && say "build trusts $crt (copied to docker/certs/)"
+  if [ -f "$crt" ] && ! cmp -s "$crt" "docker/certs/$(basename "$crt")"; then
+    cp "$crt" docker/certs/ && say "build trusts $crt (copied to docker/certs/)"
+  fi
 done
 say "building $IMAGE (docker/Dockerfile, log $OUT/build.log)"
 t=$(date +%s)
@@ -232,7 +234,7 @@ wait_healthy 900 "${SERVICES[@]}" || die "the stack did not become healthy"
 note "all 5 services healthy $(( $(date +%s) - T_UP )) s after 'up' (gateway: http://127.0.0.1:$GATEWAY_PORT)"
 
 # ------------------------------------------------------------------ 5. training, with a learner crash
-h=$(learner_health)
+h=$(learner_health) || die "the learner's /health does not answer"
 TOTAL=$(field "$h" steps)
 note "learner schedule: $TOTAL steps"
 KILL_AT=$(( COMPOSE_TEST_STEPS > 3 ? 3 : 1 ))
@@ -247,14 +249,14 @@ for _ in $(seq 120); do
 done
 [ "$(docker inspect -f '{{.RestartCount}}' "$c")" -gt "$before" ] || die "the restart policy did not restart the learner"
 wait_healthy 600 learner || die "the learner did not come back"
-resumed=$(docker logs "$c" 2>&1 | grep -o 'resumed at step [0-9]*, policy version [0-9]*' | tail -1)
+resumed=$(docker logs "$c" 2>&1 | grep -o 'resumed at step [0-9]*, policy version [0-9]*' | tail -1 || true)
 [ -n "$resumed" ] || die "the restarted learner did not resume from a checkpoint (--resume)"
 wait_step $(( step + 1 )) 900 > /dev/null || die "no progress after the learner's restart"
 note "learner killed (kill -9) after step $step: restarted by the restart policy, $resumed, training again $(( $(date +%s) - T_KILL )) s after the kill"
 
 # ------------------------------------------------------------------ 6. docker kill of the rollout container
 c=$(cid rollout)
-h=$(learner_health); step=$(field "$h" step)
+h=$(learner_health) || die "the learner's /health does not answer"; step=$(field "$h" step)
 docker kill "$c" > /dev/null
 T_KILL=$(date +%s)
 sleep 5
@@ -270,7 +272,7 @@ note "rollout killed ('docker kill') at step $step: state then '$st'; 'docker co
 # ------------------------------------------------------------------ 7. the end of the schedule
 h=$(wait_step "$TOTAL" 3600) || die "the schedule did not finish"
 for _ in $(seq 60); do [ "$(field "$(learner_health)" finished)" = True ] && break; sleep 2; done
-h=$(learner_health)
+h=$(learner_health) || die "the learner's /health does not answer"
 FINAL=$(field "$h" policy_version)
 note "schedule finished: $(field "$h" step) steps, final policy version $FINAL, $(( $(date +%s) - T_UP )) s after 'up'"
 docker exec "$(cid learner)" cat /data/runs/toy/metrics.jsonl > "$OUT/metrics.jsonl"
