@@ -153,6 +153,11 @@ def _ensure_model(run) -> None:  # type: ignore[no-untyped-def]
     build(Path(run.model.path), ToySettings(), progress=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the same clean stop of every service started."""
+    raise KeyboardInterrupt
+
+
 def _train(run, opts, quiet_bar: bool = False):  # type: ignore[no-untyped-def]
     """Run the schedule through the services with a progress bar; exit 1 naming a dead service."""
     from tqdm import tqdm
@@ -162,8 +167,11 @@ def _train(run, opts, quiet_bar: bool = False):  # type: ignore[no-untyped-def]
     from entrypoints.launcher import ServiceDied, train
     from autothink.schedule import plan
 
-    # Ctrl-C must stop the stack even when a parent shell started us with SIGINT ignored (`cmd &`)
+    # Ctrl-C must stop the stack even when a parent shell started us with SIGINT ignored (`cmd &`),
+    # and so must SIGTERM (kill, a benchmark stopping a run, a container stop): without this the
+    # default action ended the CLI at once and left redis, reward, rollout and gateway running
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     steps = plan(run.stages)
     tty = sys.stderr.isatty()

@@ -63,6 +63,37 @@ def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
     assert "stopping the gateway" in (tmp_path / "up.log").read_text()
 
 
+def test_sigterm_while_training_stops_every_service(toy_model, tmp_path):
+    """`kill` (SIGTERM) of `autothink up` mid-run -- what a benchmark or a container stop sends --
+    stops the whole stack as Ctrl-C does.  It used to end the CLI alone and leave redis, reward,
+    rollout and gateway running, re-parented to init."""
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(short_experiment(toy_model[0], tmp_path / "run", steps=50)))
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    with open(tmp_path / "up.log", "wb") as log:
+        proc = subprocess.Popen([autothink, "up", str(tmp_path / "exp.yaml"), "--port", str(free_port()), "--run-id", "term"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        seen: set[int] = set()
+        try:
+            deadline = time.time() + 600
+            while not (tmp_path / "run" / "metrics.jsonl").exists():  # training has started: every service is up
+                assert proc.poll() is None, (tmp_path / "up.log").read_text()[-5000:]
+                assert time.time() < deadline, "training did not start"
+                seen |= descendants(proc.pid)
+                time.sleep(1)
+            seen |= descendants(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(90) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    time.sleep(0.5)
+    assert len(seen) >= 5  # redis, reward, rollout, learner, gateway (and their engines)
+    left = [p for p in seen if alive(p)]
+    assert not left, f"processes left behind: {left}"
+    assert "every service was stopped" in (tmp_path / "up.log").read_text()
+
+
 def test_up_names_the_service_that_dies(toy_model, tmp_path):
     exp = {"name": "bad", "model": {"path": str(toy_model[0])}, "data": {"source": str(tmp_path / "missing.jsonl")},
            "stages": [{"name": "stage1", "steps": 1, "prompts_per_batch": 2, "samples_per_prompt": 2, "max_response_tokens": 16}],
