@@ -159,23 +159,35 @@ max_staleness 1 is the worst layout: two OpenMP pools oversubscribe the cores.
 def gateway_section(g: dict) -> str:
     def row(label: str, key: str) -> str:
         ratio = f" | **{g[key + '_throughput_ratio']:.2f}×** | **{g[key + '_p50_ratio']:.2f}×**" if key != "vllm_serve" else " | baseline | baseline"
-        return f"| {label} | {g[key + '_tokens_per_s']:.0f} | {g[key + '_p50_s'] * 1000:.0f} ms{ratio} | {g['spread'][key]} |"
+        cpu = g.get(key + "_frontend_cpu_ms_per_request")
+        return (f"| {label} | {g[key + '_tokens_per_s']:.0f} | {g[key + '_p50_s'] * 1000:.0f} ms{ratio} | "
+                f"{'-' if cpu is None else f'{cpu:.1f} ms'} | {g['spread'][key]} |")
 
+    rows = [row("`vllm serve` /v1/completions", "vllm_serve"), row("gateway /v1/completions (same bodies)", "gateway_completions"),
+            row("gateway POST /generate, mode=auto (first-step think probability + split)", "gateway_generate_auto")]
+    if "before_gateway_completions_tokens_per_s" in g:  # --before: the previous gateway in the same run
+        rows += [row("previous gateway /v1/completions", "before_gateway_completions"),
+                 row("previous gateway POST /generate, mode=auto", "before_gateway_generate_auto")]
+    table = "\n".join(rows)
     return f"""## Gateway vs `vllm serve` (`bench/gateway_bench.py`)
 
-The toy model behind each server in turn, same engine settings; {g['concurrency']} concurrent clients send
-{g['requests']} requests (toy eval problems under the ellipsis prompt, temperature 0.6, max {g['max_tokens']}
-tokens, a seed per request); median of {g['rounds']} alternating rounds after a warm-up.
+The toy model behind each server, same engine settings, servers started once; {g['concurrency']} concurrent clients send
+{g['requests']} requests (toy eval problems under the ellipsis prompt, temperature 0.6, top-p 0.95, max {g['max_tokens']}
+tokens, a seed per request); median of {g['rounds']} rounds, the servers' order flipped every round.
+Front-end CPU: the serving process's CPU time per request (the engine's own processes excluded).
 
-| server / endpoint | tokens/s | p50 latency | throughput ratio | p50 ratio | tokens/s per round |
-|---|---|---|---|---|---|
-{row("`vllm serve` /v1/completions", "vllm_serve")}
-{row("gateway /v1/completions (same bodies)", "gateway_completions")}
-{row("gateway POST /generate, mode=auto (split + think-probability probe)", "gateway_generate_auto")}
+| server / endpoint | tokens/s | p50 latency | throughput ratio | p50 ratio | front-end CPU / request | tokens/s per round |
+|---|---|---|---|---|---|---|
+{table}
 
-Goals: throughput ≥ 0.9×, p50 ≤ 1.1×. With a 0.64 M-parameter model the engine's compute is
-small, so this measures the serving path (HTTP, tokenisation, the async engine client) more than
-the model; on a GPU with a 1.5B model both servers are bound by the same engine.
+Per-round ratios (gateway / `vllm serve`, throughput and p50): {g['round_ratios']}.
+Time to first token, `think_threshold=0.5` against plain auto (streaming `/generate`): **{g['ttft_threshold_ratio']:.2f}×**
+({g['ttft_p50_think_threshold_s'] * 1000:.0f} vs {g['ttft_p50_auto_s'] * 1000:.0f} ms p50).
+
+Goals (issue #21): `/generate` auto ≥ 0.95× throughput and ≤ 1.05× p50. With a 0.64 M-parameter
+model the engine's compute is small, so this measures the serving path (HTTP, tokenisation, the
+async engine client) more than the model; on a GPU with a 1.5B model both servers are bound by
+the same engine.
 """
 
 

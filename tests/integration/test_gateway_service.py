@@ -326,9 +326,11 @@ def test_long_prompts_and_slow_headers_do_not_stall_the_server(gateway):
 
     body = json.dumps({"prompt": "7+" * 100_000}).encode()  # encoded once: the clients share this process's GIL with the prober
 
-    def big() -> None:
+    done = threading.Event()
+
+    def big() -> None:  # until the prober has its samples (a fixed count gave 2-4 probes: one hiccup decided the median)
         with httpx.Client(timeout=60, headers={**HEADERS, "content-type": "application/json"}) as c:
-            for _ in range(5):
+            while not done.is_set() or len(codes) < 3:
                 codes.append(c.post(f"{base}/generate", content=body).status_code)
 
     def health_latency() -> float:
@@ -341,15 +343,16 @@ def test_long_prompts_and_slow_headers_do_not_stall_the_server(gateway):
     for t in threads:
         t.start()
     busy = []
-    while any(t.is_alive() for t in threads):
+    while len(busy) < 15:
         busy.append(health_latency())
+    done.set()
     for t in threads:
         t.join()
     busy.sort()
     # medians, not the worst sample: two shared cores give any single request a hiccup now and then
     print(f"/health p50 {quiet[10] * 1000:.1f} ms quiet, {busy[len(busy) // 2] * 1000:.1f} ms beside three 200k-character "
           f"prompts (max {busy[-1] * 1000:.0f} ms, {len(busy)} probes)")
-    assert codes == [400] * 15, codes
+    assert len(codes) >= 3 and set(codes) == {400}, codes
     assert busy[len(busy) // 2] < quiet[10] + 0.1 and busy[-1] < 1.0, (quiet[10], busy)
     host, port = base.rsplit(":", 1)
     s = socket.create_connection(("127.0.0.1", int(port)))
