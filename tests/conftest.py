@@ -240,7 +240,8 @@ def _marked_processes() -> dict[int, str]:
                              and _start_ticks(pid) >= SESSION_START)
         except OSError:
             continue
-        if marked or orphan_engine:
+        own_tracker = fields is not None and fields[1] == str(os.getpid()) and "multiprocessing.resource_tracker" in cmd
+        if (marked or orphan_engine) and not own_tracker:  # pytest's own resource tracker ends with pytest itself
             found[pid] = cmd
     return found
 
