@@ -8,9 +8,12 @@ rather than through the RPC channel.
 
 from __future__ import annotations
 
+from autothink.first_step import FirstStepExtension
 
-class WeightSyncExtension:
-    """Mixed into vLLM's worker class; ``self.model_runner`` is the worker's model runner."""
+
+class WeightSyncExtension(FirstStepExtension):
+    """Mixed into vLLM's worker class; ``self.model_runner`` is the worker's model runner.  It also
+    hands the gateway the first-step probabilities (:mod:`autothink.first_step`)."""
 
     def load_weights_from_file(self, path: str) -> int:
         from safetensors.torch import load_file

@@ -85,11 +85,13 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], started: str) 
 
     targets = "\n".join(f"| {name} | {k}/{n} | {'met' if k >= goal else '**missed**'} |" for name, k in summary["passes"].items())
     per_seed = "\n".join(
-        f"| {r['seed']} | {r['accuracy'] * 100:.1f} | {r['standard_accuracy'] * 100:.1f} | {r['tokens']:.1f} | "
+        f"| {r['seed']}{' †' if r.get('source') else ''} | {r['accuracy'] * 100:.1f} | {r['standard_accuracy'] * 100:.1f} | {r['tokens']:.1f} | "
         f"{r['standard_tokens']:.1f} | {r['token_ratio']:.2f}× | {r['previous_token_ratio']:.2f}× | {r['e_f1']:.1f} | "
         f"{sum(r['targets'].values())}/{len(r['targets'])} | {r['seconds']} s |"
         for r in rows
     )
+    notes = sorted({r["source"] for r in rows if r.get("source")})
+    sources = "".join(f"\n† {n}\n" for n in notes)
     return f"""## The demo's payoff across seeds (`bench/seeds_bench.py`, `make bench-seeds`)
 
 `autothink demo --no-serve --set seed=N` for {n} seeds (run {started}): the same toy build, the toy
@@ -107,7 +109,7 @@ All targets met in {summary['all_targets_seeds']} of {n} seeds.
 | seed | accuracy % | standard % | tokens | standard tokens | ratio | vs stage 2 | E-F1 | targets | time |
 |---|---|---|---|---|---|---|---|---|---|
 {per_seed}
-"""
+{sources}"""
 
 
 def replace_section(text: str, section: str) -> str:
@@ -143,20 +145,25 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--out", default="reports/seeds", help="Reports, run folders and logs, one per seed.")
     ap.add_argument("--benchmarks", action="store_true", help="Also write the section into BENCHMARKS.md.")
+    ap.add_argument("--append", action="store_true",
+                    help="Add the seeds run now to those already in OUT/rows.json (a seed run again replaces its row).")
     ap.add_argument("--summarize-only", action="store_true",
                     help="Run nothing: summarise the seeds already in OUT/rows.json (e.g. after stopping a long run).")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = json.loads((out / "rows.json").read_text()) if args.summarize_only else []
+    seeds = [] if args.summarize_only else list(range(args.first_seed, args.first_seed + args.seeds))
+    kept = json.loads((out / "rows.json").read_text()) if (args.summarize_only or args.append) and (out / "rows.json").exists() else []
+    rows = [r for r in kept if r["seed"] not in seeds]
     if args.summarize_only and not rows:
         raise SystemExit(f"{out / 'rows.json'} holds no finished seed")
-    for seed in [] if args.summarize_only else range(args.first_seed, args.first_seed + args.seeds):
+    for seed in seeds:
         print(f"[seeds] seed {seed}: autothink demo (log {out / f'seed{seed}.log'})", file=sys.stderr, flush=True)
         report, seconds = run_seed(seed, out, out / f"seed{seed}.log")
         rows.append(seed_row(seed, report, seconds))
         r = rows[-1]
+        rows.sort(key=lambda x: x["seed"])
         print(f"[seeds] seed {seed}: accuracy {r['accuracy'] * 100:.1f} % (standard {r['standard_accuracy'] * 100:.1f} %), "
               f"tokens {r['token_ratio']:.2f}x standard, {sum(r['targets'].values())}/{len(r['targets'])} targets, {seconds:.0f} s",
               file=sys.stderr, flush=True)

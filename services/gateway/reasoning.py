@@ -1,17 +1,17 @@
 """Pure pieces of adaptive serving: splitting a streamed response into reasoning and answer,
-turning the engine's log-probability of ``</think>`` at the first step into a think probability, routing by a
-threshold, and counting reasoning tokens.  No engine, no I/O: tested with hand-made inputs.
+turning the engine's probability of ``</think>`` at the first step into a think probability, routing by a
+threshold (:mod:`autothink.first_step`, where the engine applies it), and counting reasoning tokens.  No engine, no I/O: tested with hand-made inputs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
+from autothink.first_step import Route, route
 from autothink.prompting import THINK_CLOSE
 
-Route = Literal["sample", "think", "no_think"]
+__all__ = ["ReasoningSplitter", "Route", "reasoning_token_count", "route", "think_probability"]
 
 
 class ReasoningSplitter:
@@ -65,37 +65,18 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def think_probability(close_logprob: float | None, temperature: float, first_is_close: bool) -> float:
-    """1 − P(the first response token is ``</think>``) under the request's own sampling.
+def think_probability(close_prob: float | None) -> float:
+    """P(think) = 1 − P(the first response token is ``</think>``), where ``close_prob`` is what the
+    engine measured at the step that sampled that token under the request's own sampling (banned
+    tokens, temperature, top-p; :func:`autothink.first_step.close_probability`).  A missing value is
+    an error, never a made-up probability.
 
-    ``close_logprob`` is what the engine reports for ``</think>`` at the step that sampled the
-    first token, in vLLM's ``processed_logprobs`` mode: after banned tokens, temperature and top-p,
-    i.e. the distribution that token was drawn from (``-inf`` when top-p cut ``</think>`` out).  At
-    temperature 0 the engine reports the untempered distribution, but the draw is the argmax, so the
-    probability is 0 or 1: whether the token it chose is ``</think>``.
-
-    >>> round(think_probability(math.log(0.25), 0.6, False), 6)
-    0.75
-    >>> think_probability(float("-inf"), 0.3, False), think_probability(-0.1, 0.0, False)
-    (1.0, 1.0)
+    >>> round(think_probability(0.25), 6), think_probability(0.0), think_probability(1.0 + 1e-7)
+    (0.75, 1.0, 0.0)
     """
-    if temperature < 1e-5:
-        return 0.0 if first_is_close else 1.0
-    if close_logprob is None or math.isnan(close_logprob):
-        raise ValueError("the engine returned no log-probability for </think> at the first step")
-    return min(1.0, max(0.0, 1.0 - math.exp(min(0.0, close_logprob))))
-
-
-def route(think_prob: float | None, threshold: float | None) -> Route:
-    """Deterministic adaptive mode: think when the probability reaches the threshold; without a
-    threshold the model samples its own choice.
-
-    >>> route(0.7, 0.5), route(0.3, 0.5), route(0.3, None)
-    ('think', 'no_think', 'sample')
-    """
-    if threshold is None or think_prob is None:
-        return "sample"
-    return "think" if think_prob >= threshold else "no_think"
+    if close_prob is None or math.isnan(close_prob):
+        raise ValueError("the engine returned no probability of </think> at the first step")
+    return min(1.0, max(0.0, 1.0 - close_prob))
 
 
 def reasoning_token_count(token_ids: Sequence[int], close_id: int, starts_in_reasoning: bool) -> int:

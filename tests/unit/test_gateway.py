@@ -16,6 +16,7 @@ import random
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -91,8 +92,9 @@ class ScriptedModel:
     """A 'model' over characters: after a prompt it writes ``reasoning``, then ``</think>``, then
     ``answer`` — or closes at once when ``closes_first`` — and continues any prefix of that (or of a
     forced close) consistently.  Where ``</think>`` is banned it writes ``h`` instead.  It reports
-    ``close_logprob`` as the first step's log P(</think>), honours ``stop`` strings and returns
-    made-up log-probs when asked.  ``</think>`` is one token, as in R1 tokenizers; a stop
+    ``close_logprob`` as the first step's log P(</think>) and routes that step as the engine's
+    first-step processor does (``first_route``, ``first_threshold``), honours ``stop`` strings and
+    returns made-up log-probs when asked.  ``</think>`` is one token, as in R1 tokenizers; a stop
     token's text is left out, as vLLM does."""
 
     def __init__(self, reasoning: str = "3+4=7", answer: str = "\n\nso \\boxed{7}", closes_first: bool = False,
@@ -160,7 +162,13 @@ class ScriptedModel:
             self.bases.append(list(prompt_ids))
         base = max((b for b in self.bases if prompt_ids[: len(b)] == b), key=len)
         generated = prompt_ids[len(base) :]
-        plan = self._intended(generated, CLOSE in sampling.ban_token_ids)
+        route = sampling.first_route
+        if sampling.first_threshold is not None:  # what FirstStepProcessor decides
+            route = "think" if 1.0 - math.exp(self.close_logprob) >= sampling.first_threshold else "no_think"
+        if route == "no_think" and not generated:
+            plan = [CLOSE] + self._ids(self.answer) + [EOS_ID]
+        else:
+            plan = self._intended(generated, CLOSE in sampling.ban_token_ids or (route == "think" and not generated))
         text_so_far = ""
         finished = False
         try:
@@ -168,7 +176,10 @@ class ScriptedModel:
                 last = k == sampling.max_tokens - 1
                 probe = sampling.probe_close and k == 0
                 lp = [TokenLogprob(self.decode([tok]), -0.5, ((self.decode([tok]), -0.5),))] if sampling.logprobs is not None else None
-                close_lp = self.close_logprob if probe else None
+                close_lp = None
+                if probe:
+                    close_lp = asyncio.get_running_loop().create_future()
+                    close_lp.set_result(math.exp(self.close_logprob))
                 if tok == EOS_ID or tok in sampling.stop_token_ids:
                     finished = True
                     yield Delta([tok], "", "stop", tok if tok != EOS_ID else None, lp, close_lp)
@@ -228,14 +239,14 @@ def test_splitter_without_reasoning_sends_all_to_answer() -> None:
 
 
 def test_think_probability_and_routing_by_hand() -> None:
-    assert think_probability(math.log(0.2), 0.6, False) == pytest.approx(0.8)
-    assert think_probability(0.0, 1.0, True) == 0.0  # certain to close
-    assert think_probability(float("-inf"), 0.3, False) == 1.0  # top-p cut </think> out
-    assert think_probability(1e-7, 1.0, True) == 0.0  # rounding above 0 is clamped
-    # greedy: the draw is the argmax, whatever the untempered distribution says
-    assert think_probability(math.log(0.4), 0.0, False) == 1.0 and think_probability(math.log(0.4), 0.0, True) == 0.0
+    assert think_probability(0.2) == pytest.approx(0.8)
+    assert think_probability(1.0) == 0.0  # certain to close
+    assert think_probability(0.0) == 1.0  # top-p cut </think> out
+    assert think_probability(1.0 + 1e-7) == 0.0  # rounding above 1 is clamped
     with pytest.raises(ValueError):
-        think_probability(None, 0.6, False)
+        think_probability(None)
+    with pytest.raises(ValueError):
+        think_probability(float("nan"))
     assert route(0.5, 0.5) == "think" and route(0.49, 0.5) == "no_think" and route(0.9, None) == "sample"
     assert reasoning_token_count([1, 2, CLOSE, 3], CLOSE, True) == 2
 
@@ -328,29 +339,49 @@ def test_model_that_closes_at_once() -> None:
     assert (r.reasoning, r.boxed, r.thought, r.reasoning_tokens) == ("", "7", False, 0)
 
 
-def test_think_probability_comes_from_the_first_step_not_a_second_prefill() -> None:
-    """#21: the probe was a second full request (a second prefill) per auto request."""
+def test_think_probability_comes_from_the_first_step_of_the_one_call() -> None:
+    """#21: the probe was a second full request (a second prefill), then a call of its own for the
+    first token; now the one call that generates the response measures its first step."""
     m = ScriptedModel(close_logprob=math.log(0.3))
     _, r = asyncio.run(_run(m, _plan(probe=True)))
     assert r.think_probability == pytest.approx(0.7) and r.thought and r.reasoning == "3+4=7"
-    # the call that samples the first token measures; the rest continues from it, unmeasured
-    assert m.calls[0].probe_close and m.calls[0].max_tokens == 1 and len(m.calls) == 2 and not m.calls[1].probe_close
+    assert len(m.calls) == 1 and m.calls[0].probe_close and m.calls[0].max_tokens == 200
+    assert m.calls[0].first_threshold is None and m.calls[0].first_route == "sample"
 
 
-def test_threshold_routes_at_the_first_step() -> None:
-    # routed to think while the model closes at once: the first token is re-drawn with </think> banned
+def test_threshold_routes_at_the_first_step_in_the_same_call() -> None:
+    # routed to think while the model would close at once: the engine bans </think> at that step
     m = ScriptedModel(closes_first=True, close_logprob=math.log(0.4))
     _, r = asyncio.run(_run(m, _plan(probe=True, threshold=0.5)))
     assert r.routed_to == "think" and r.thought and r.think_probability == pytest.approx(0.6)
-    assert m.calls[0].probe_close and m.calls[1].max_tokens == 1 and CLOSE in m.calls[1].ban_token_ids
-    # routed to no-think while the model thinks: </think> is forced first
+    assert len(m.calls) == 1 and m.calls[0].probe_close and m.calls[0].first_threshold == 0.5
+    # routed to no-think while the model would think: the engine forces </think> first
     m = ScriptedModel(closes_first=False, close_logprob=math.log(0.4))
     _, r = asyncio.run(_run(m, _plan(probe=True, threshold=0.7)))
     assert r.routed_to == "no_think" and not r.thought and r.token_ids[0] == CLOSE and r.boxed == "7"
+    assert len(m.calls) == 1 and r.think_probability == pytest.approx(0.6)
     # the model agrees with the route: one call, nothing overridden
     m = ScriptedModel(closes_first=False, close_logprob=math.log(0.1))
     _, r = asyncio.run(_run(m, _plan(probe=True, threshold=0.5)))
-    assert r.routed_to == "think" and r.thought and len(m.calls) == 2 and not m.calls[1].ban_token_ids
+    assert r.routed_to == "think" and r.thought and len(m.calls) == 1 and not m.calls[0].ban_token_ids
+
+
+def test_a_failed_first_step_measurement_fails_the_request_at_once() -> None:
+    """#21: a failing probe surfaced only after the whole generation."""
+
+    class Failing(ScriptedModel):
+        async def stream(self, prompt_ids, sampling, request_id):
+            async for d in super().stream(prompt_ids, sampling, request_id):
+                if d.close_probability is not None:
+                    fut = asyncio.get_running_loop().create_future()
+                    fut.set_exception(RuntimeError("worker gone"))
+                    d = replace(d, close_probability=fut)
+                yield d
+
+    m = Failing(reasoning="x" * 40)
+    with pytest.raises(RuntimeError, match="worker gone"):
+        asyncio.run(_run(m, _plan(probe=True)))
+    assert m.closed_streams == 1  # the call was aborted after its first token, not run to the end
 
 
 def test_routed_to_think_keeps_thinking_past_blank_reasoning() -> None:
@@ -638,10 +669,10 @@ def test_a_failing_choice_fails_the_request_at_once(gateway) -> None:
     real = model.stream
 
     async def stream(prompt_ids, sampling, request_id):
-        if request_id.endswith("-1-1"):  # the second call of the second choice, while the first choice streams
-            raise RuntimeError("boom")
         async for d in real(prompt_ids, sampling, request_id):
             yield d
+            if request_id.endswith("-1-0"):  # the second choice fails after its first token, while the first streams
+                raise RuntimeError("boom")
 
     model.stream = stream  # type: ignore[method-assign]
     model.reasoning = "x" * 200
