@@ -153,6 +153,10 @@ try:  # the engine side needs vLLM; the pure functions above do not
 except ImportError:  # pragma: no cover - the unit tests' environment has vLLM, the device machine may not
     LogitsProcessor = object  # type: ignore[assignment,misc]
     BatchUpdate = MoveDirectionality = None  # type: ignore[assignment,misc]
+try:  # vLLM's Model Runner V2 (the default on CUDA) has an interface of its own
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as LogitsProcessorV2
+except ImportError:  # pragma: no cover
+    LogitsProcessorV2 = object  # type: ignore[assignment,misc]
 
 
 class FirstStepProcessor(LogitsProcessor):  # type: ignore[misc,valid-type]
@@ -195,6 +199,49 @@ class FirstStepProcessor(LogitsProcessor):  # type: ignore[misc,valid-type]
         for index in done:
             del self.rows[index]
         return logits
+
+
+class FirstStepProcessorV2(LogitsProcessorV2):  # type: ignore[misc,valid-type]
+    """The same, for vLLM's Model Runner V2 (the default on CUDA): requests live in slots; a slot's
+    first sampling step is the one whose visible length equals its prompt's (shorter: a prefill
+    chunk whose token is discarded; longer: the first token is drawn).  Rows are batch positions
+    (no speculative decoding on this engine; with it a row is no longer a request, and the request
+    then fails with "no record of its first step" rather than get a wrong value)."""
+
+    def __init__(self, vllm_config: Any, req_states: Any):
+        self.req_states = req_states
+        self.slots: dict[int, _Tracked] = {}
+
+    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        spec = (getattr(sampling_params, "extra_args", None) or {}).get(EXTRA_KEY)
+        if spec is None:
+            self.slots.pop(req_idx, None)
+            return False
+        self.slots[req_idx] = _Tracked(spec, float(sampling_params.temperature), float(sampling_params.top_p), [])
+        return True
+
+    def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if not self.slots:
+            return logits
+        slots = ctx.idx_mapping_np
+        if logits.shape[0] != len(slots):  # speculative rows: not supported, see the class docstring
+            return logits
+        prompt_len = self.req_states.prompt_len.np
+        for row, slot in enumerate(slots.tolist()):
+            t = self.slots.get(slot)
+            if t is None:
+                continue
+            visible, prompt = int(ctx.seq_lens_upper_bound_np[row]), int(prompt_len[slot])
+            if visible == prompt:
+                decide(t, logits[row])
+            if visible >= prompt:  # the first token is drawn at this step, or was before
+                del self.slots[slot]
+        return logits
+
+
+def processor_for(vllm_config: Any) -> type:
+    """The processor class for the model runner this engine configuration uses."""
+    return FirstStepProcessorV2 if getattr(vllm_config, "use_v2_model_runner", False) else FirstStepProcessor
 
 
 class FirstStepExtension:

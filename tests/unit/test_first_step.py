@@ -113,3 +113,31 @@ def test_chunked_prefill_keeps_the_last_chunks_value() -> None:
 def test_threshold_and_forced_route_are_exclusive() -> None:
     with pytest.raises(ValueError):
         first_step_args("k", CLOSE, [CLOSE], probe=True, threshold=0.5, forced="think")
+
+
+def test_model_runner_v2_processor_acts_at_the_first_step_only() -> None:
+    """Model Runner V2 (vLLM's default on CUDA) keys requests by slot and tells the step by the
+    visible length: < prompt is a discarded prefill chunk, = prompt draws the first token."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from autothink.first_step import FirstStepProcessorV2, processor_for
+
+    states = SimpleNamespace(prompt_len=SimpleNamespace(np=np.array([0, 10, 20, 5])))
+    proc = FirstStepProcessorV2(None, states)
+    assert proc.add_request(1, _params(key="v1", threshold=0.5)) and proc.add_request(2, _params(key="v2"))
+    assert not proc.add_request(3, SamplingParams())
+
+    def step(slots, visible, rows):
+        logits = torch.stack(rows)
+        proc.apply(logits, SimpleNamespace(idx_mapping_np=np.array(slots), seq_lens_upper_bound_np=np.array(visible)))
+        return logits
+
+    out = step([2, 1, 3], [12, 10, 5], [_row(0.3), _row(0.8), _row(0.5)])  # slot 2 mid-prefill; slot 1 samples
+    assert STORE.pop(["v1", "v2"]) == pytest.approx({"v1": 0.8})
+    assert int(torch.argmax(out[1])) == CLOSE and torch.isinf(out[1]).sum() == 5  # P(think) 0.2 < 0.5
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all() and list(proc.slots) == [2]
+    step([2, 1], [20, 11], [_row(0.3), _row(0.8)])
+    assert STORE.pop(["v1", "v2"]) == pytest.approx({"v2": 0.3}) and not proc.slots
+    assert processor_for(SimpleNamespace(use_v2_model_runner=True)) is FirstStepProcessorV2
