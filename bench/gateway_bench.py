@@ -229,6 +229,10 @@ def main() -> None:
     for n in [n for n in runs if n != "vllm_serve"]:
         out[f"{n}_throughput_ratio"] = round(out[f"{n}_tokens_per_s"] / out["vllm_serve_tokens_per_s"], 3)
         out[f"{n}_p50_ratio"] = round(out[f"{n}_p50_s"] / out["vllm_serve_p50_s"], 3)
+        # the paired statistic: the median of each round's ratio (a machine whose load drifts between
+        # rounds moves both servers of a round alike, and the ratio of medians not)
+        out[f"{n}_paired_throughput_ratio"] = round(statistics.median(r[0] for r in out["round_ratios"][n]), 3)
+        out[f"{n}_paired_p50_ratio"] = round(statistics.median(r[1] for r in out["round_ratios"][n]), 3)
     out["ttft_p50_auto_s"] = round(statistics.median(ttfts["auto"]), 4)
     out["ttft_p50_think_threshold_s"] = round(statistics.median(ttfts["think_threshold"]), 4)
     out["ttft_threshold_ratio"] = round(out["ttft_p50_think_threshold_s"] / out["ttft_p50_auto_s"], 3)

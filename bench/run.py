@@ -164,11 +164,13 @@ def gateway_section(g: dict) -> str:
                 f"{'-' if cpu is None else f'{cpu:.1f} ms'} | {g['spread'][key]} |")
 
     rows = [row("`vllm serve` /v1/completions", "vllm_serve"), row("gateway /v1/completions (same bodies)", "gateway_completions"),
-            row("gateway POST /generate, mode=auto (first-step think probability + split)", "gateway_generate_auto")]
+            row("gateway POST /generate, mode=auto (think probability in the sampling step + split)", "gateway_generate_auto")]
     if "before_gateway_completions_tokens_per_s" in g:  # --before: the previous gateway in the same run
         rows += [row("previous gateway /v1/completions", "before_gateway_completions"),
                  row("previous gateway POST /generate, mode=auto", "before_gateway_generate_auto")]
     table = "\n".join(rows)
+    paired = "; ".join(f"{k} {g[k + '_paired_throughput_ratio']:.2f}× / {g[k + '_paired_p50_ratio']:.2f}×"
+                       for k in ("gateway_completions", "gateway_generate_auto") if k + "_paired_throughput_ratio" in g)
     return f"""## Gateway vs `vllm serve` (`bench/gateway_bench.py`)
 
 The toy model behind each server, same engine settings, servers started once; {g['concurrency']} concurrent clients send
@@ -180,7 +182,8 @@ Front-end CPU: the serving process's CPU time per request (the engine's own proc
 |---|---|---|---|---|---|---|
 {table}
 
-Per-round ratios (gateway / `vllm serve`, throughput and p50): {g['round_ratios']}.
+Per-round ratios (gateway / `vllm serve`, throughput and p50): {g['round_ratios']}; their medians
+(the paired figure, robust to load that drifts between rounds): {paired}.
 Time to first token, `think_threshold=0.5` against plain auto (streaming `/generate`): **{g['ttft_threshold_ratio']:.2f}×**
 ({g['ttft_p50_think_threshold_s'] * 1000:.0f} vs {g['ttft_p50_auto_s'] * 1000:.0f} ms p50).
 
