@@ -16,6 +16,8 @@
 #                       with debootstrap (docker/standin/, root only).
 #   the CPU torch wheel $TORCH_INDEX_URL, else download.pytorch.org, else a torch-2.13.0+cpu wheel
 #                       file in $TORCH_WHEEL_DIR (default /opt/wheels) served to the build on loopback.
+#   the toy model       built in the image; a toy folder built before (.cache/toy-model, or
+#                       $COMPOSE_TEST_TOY_MODEL) is copied to docker/toy-seed/ and reused when it matches.
 # Knobs: GATEWAY_PORT (host port of the gateway; default a free one), COMPOSE_TEST_STEPS (steps a
 # stage, default 6), COMPOSE_TEST_FULL=1 (the whole toy preset, 110 steps, no kills before step 6),
 # COMPOSE_PROJECT_NAME, COMPOSE_TEST_NICE (default 15), COMPOSE_TEST_KEEP=1 (leave the stack up).
@@ -146,7 +148,13 @@ if [ -z "${TORCH_INDEX_URL:-}" ]; then
     rm -rf "$OUT/torch-index"
     mkdir -p "$OUT/torch-index/simple/torch"
     ln -s "$wheel" "$OUT/torch-index/simple/torch/"
-    port=$(free_port)
+    # a fixed port: the URL is a build argument, so a different one each run would miss the layer
+    # cache from the first RUN on (the whole 9-minute Python install again)
+    port=${COMPOSE_TEST_INDEX_PORT:-18765}
+    if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2>/dev/null; then
+      say "port $port is taken: serving the wheel on another port (the build's Python layers will not come from the cache)"
+      port=$(free_port)
+    fi
     python3 -m http.server "$port" --bind 127.0.0.1 --directory "$OUT/torch-index" > "$OUT/torch-index.log" 2>&1 &
     INDEX_PID=$!
     TORCH_INDEX_URL=http://127.0.0.1:$port/simple
@@ -161,6 +169,17 @@ for crt in /usr/local/share/ca-certificates/*.crt; do
     cp "$crt" docker/certs/ && say "build trusts $crt (copied to docker/certs/)"
   fi
 done
+# A toy model built before on this machine (`make demo`, `make test`: .cache/toy-model) seeds the
+# image's toy stage (docker/toy-seed/): reused when its settings digest matches the source, rebuilt
+# otherwise. COMPOSE_TEST_TOY_MODEL names another folder; COMPOSE_TEST_TOY_MODEL=none builds from scratch.
+TOY_SEED=${COMPOSE_TEST_TOY_MODEL:-.cache/toy-model}
+rm -rf docker/toy-seed/toy-model
+if [ "$TOY_SEED" != none ] && [ -f "$TOY_SEED/autothink_toy.json" ] && [ -f "$TOY_SEED/model.safetensors" ]; then
+  cp -a "$TOY_SEED" docker/toy-seed/toy-model
+  note "toy model: seeded from $TOY_SEED (settings $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["settings_digest"])' "$TOY_SEED/autothink_toy.json"); the build reuses it if that matches the source)"
+else
+  note "toy model: built from scratch in the image (no toy folder at $TOY_SEED)"
+fi
 say "building $IMAGE (docker/Dockerfile, log $OUT/build.log)"
 t=$(date +%s)
 "${NICE[@]}" docker build --network host -f docker/Dockerfile -t "$IMAGE" \
