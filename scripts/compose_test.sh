@@ -323,7 +323,15 @@ for _ in $(seq 60); do
 done
 [ "$ok" = 1 ] || die "the gateway never answered with the final policy version $FINAL"
 echo "$body" > "$OUT/generate.json"
-note "POST $URL/generate -> $(python3 -c 'import json,sys; b=json.load(open(sys.argv[1])); print(f"answer {b.get(\"answer\")!r}, thought {b.get(\"thought\")}, think_probability {b.get(\"think_probability\"):.2f}, policy version {b[\"policy_version\"]}, text {b.get(\"text\")!r}")' "$OUT/generate.json")"
+gen=$(python3 - "$OUT/generate.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))  # (no backslashes inside f-string braces: Python 3.11)
+answer, thought, p, text = b.get("answer"), b.get("thought"), b.get("think_probability") or 0.0, b.get("text")
+print(f"answer {answer!r}, thought {thought}, think_probability {p:.2f}, policy version {b['policy_version']}, "
+      f"reasoning {b.get('reasoning')!r}, text {text!r}")
+PY
+) || die "the /generate answer does not parse"
+note "POST $URL/generate -> $gen"
 curl -sf "$URL/v1/models" > "$OUT/models.json" || die "GET /v1/models failed"
 model=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"][0]["id"])' "$OUT/models.json")
 curl -sf --max-time 60 "$URL/v1/chat/completions" -H 'content-type: application/json' \
