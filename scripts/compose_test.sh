@@ -251,6 +251,13 @@ STACK_UP=1
 "${NICE[@]}" "${COMPOSE[@]}" -p "$PROJECT" "${FILES[@]}" up -d --no-build >> "$LOG" 2>&1 || die "docker compose up failed (see $LOG)"
 wait_healthy 900 "${SERVICES[@]}" || die "the stack did not become healthy"
 note "all 5 services healthy $(( $(date +%s) - T_UP )) s after 'up' (gateway: http://127.0.0.1:$GATEWAY_PORT)"
+users=""
+for s in "${SERVICES[@]}"; do
+  u=$(docker exec "$(cid "$s")" sh -c 'echo "$(id -un) (uid $(id -u))"') || die "docker exec in $s failed"
+  case "$u" in *"(uid 0)"*) die "$s runs as root";; esac
+  users+=" $s=$u"
+done
+note "containers run as:$users"
 
 # ------------------------------------------------------------------ 5. training, with a learner crash
 h=$(learner_health) || die "the learner's /health does not answer"

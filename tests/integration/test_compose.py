@@ -50,6 +50,6 @@ def test_compose_stack(tmp_path) -> None:
     if r.returncode == 3:
         pytest.skip(summary.strip().splitlines()[-1] if summary.strip() else r.stderr[-500:])
     assert r.returncode == 0, f"{summary}\n--- stderr ---\n{r.stderr[-6000:]}"
-    for what in ("healthy", "restarted by the restart policy", "resumed at step", "'docker kill'", "stage3:",
+    for what in ("healthy", "containers run as:", "restarted by the restart policy", "resumed at step", "'docker kill'", "stage3:",
                  "POST http://127.0.0.1:", "chat/completions", "no container, network or volume"):
         assert what in summary, f"{what!r} missing from the summary:\n{summary}"
