@@ -173,7 +173,8 @@ class VLLMEngine:
             await asyncio.to_thread(self._start_engine)
             self._loop = asyncio.get_running_loop()
             self._swap_lock = asyncio.Lock()
-            # the first calls with per-token log-probs cost a few seconds once: pay them before /ready
+            # the first calls that measure the first step (the processor, the collective_rpc) and that
+            # ask for per-token log-probs cost a few seconds once: pay them before /ready
             for i, warm in enumerate([Sampling(max_tokens=2, probe_close=True), Sampling(max_tokens=2, logprobs=1)]):
                 async for d in self.stream(self.encode_trusted("warm-up"), warm, f"warm-up-{i}"):
                     if d.close_probability is not None:
