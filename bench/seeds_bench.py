@@ -75,6 +75,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_span(rows: list[dict[str, Any]], started: str) -> str:
+    """When the rows were run: one time, or the first and last a row records (rows appended over
+    several runs keep their own ``finished`` time).
+
+    >>> run_span([{"finished": "2026-11-27 15:10 UTC"}, {"finished": "2026-11-26 09:00 UTC"}, {}], "x")
+    'between 2026-11-26 09:00 UTC and 2026-11-27 15:10 UTC'
+    >>> run_span([{}], "2026-11-27 14:00 UTC")
+    'run 2026-11-27 14:00 UTC'
+    """
+    times = sorted(r["finished"] for r in rows if r.get("finished"))
+    if len(set(times)) > 1:
+        return f"between {times[0]} and {times[-1]}"
+    return f"run {times[0] if times else started}"
+
+
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], started: str) -> str:
     n = summary["seeds"]
     goal = max(1, round(0.8 * n))
@@ -94,7 +109,7 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], started: str) 
     sources = "".join(f"\n† {n}\n" for n in notes)
     return f"""## The demo's payoff across seeds (`bench/seeds_bench.py`, `make bench-seeds`)
 
-`autothink demo --no-serve --set seed=N` for {n} seeds (run {started}): the same toy build, the toy
+`autothink demo --no-serve --set seed=N` for {n} seeds ({run_span(rows, started)}): the same toy build, the toy
 preset unchanged, each seed's own training and evaluation (16 problems per level × 8 samples).
 Goal (issue #22): every target met in at least {goal} of {n} seeds.
 
@@ -161,7 +176,7 @@ def main() -> None:
     for seed in seeds:
         print(f"[seeds] seed {seed}: autothink demo (log {out / f'seed{seed}.log'})", file=sys.stderr, flush=True)
         report, seconds = run_seed(seed, out, out / f"seed{seed}.log")
-        rows.append(seed_row(seed, report, seconds))
+        rows.append({**seed_row(seed, report, seconds), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         r = rows[-1]
         rows.sort(key=lambda x: x["seed"])
         print(f"[seeds] seed {seed}: accuracy {r['accuracy'] * 100:.1f} % (standard {r['standard_accuracy'] * 100:.1f} %), "

@@ -130,8 +130,11 @@ def overthink_trace(digits: tuple[int, ...], passes: int, rng: random.Random) ->
     return trace + "".join(rng.choice(RECHECK_PHRASES) + "\n" + trace for _ in range(passes))
 
 
+ANSWER_PREFIX = "The answer is "
+
+
 def final_answer(value: int) -> str:
-    return f"The answer is $\\boxed{{{value}}}$."
+    return f"{ANSWER_PREFIX}$\\boxed{{{value}}}$."
 
 
 def direct_value(p: ToyProblem, rng: random.Random, noise: NoiseRule) -> int:
@@ -174,6 +177,34 @@ def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: fl
     return build_prompt(p.problem, strategy), f"{THINK_CLOSE}\n\n" + direct
 
 
+def is_direct(response: str) -> bool:
+    """Whether a warm-start response is a direct (no-think) answer, under either prompt.
+
+    >>> is_direct(THINK_CLOSE + final_answer(8)), is_direct(final_answer(8)), is_direct(think_response(make_problem(random.Random(0), 1)))
+    (True, True, False)
+    """
+    return response.startswith((THINK_CLOSE, ANSWER_PREFIX))
+
+
+def loss_weights(response: str, n_tokens: int, direct_weight: float) -> list[float]:
+    """Per-token weights of a warm-start response's ``n_tokens`` tokens in the SFT loss.
+
+    A direct answer's tokens weigh ``direct_weight`` (an R1 model's one-pass answers on easy
+    problems are heavily pretrained; the toy's are a few percent of the warm start's tokens),
+    except an ellipsis answer's first token, ``</think>``: that is the mode decision, and it keeps
+    weight 1 so that the untrained no-think rate stays the demonstrations' mode mix.
+
+    >>> loss_weights(THINK_CLOSE + "\\n\\n" + final_answer(8), 4, 3.0)
+    [1.0, 3.0, 3.0, 3.0]
+    >>> loss_weights(final_answer(8), 3, 3.0), loss_weights("3+5=8\\n" + THINK_CLOSE, 3, 3.0)
+    ([3.0, 3.0, 3.0], [1.0, 1.0, 1.0])
+    """
+    if not is_direct(response):
+        return [1.0] * n_tokens
+    first = 1 if response.startswith(THINK_CLOSE) else 0
+    return [1.0] * first + [float(direct_weight)] * (n_tokens - first)
+
+
 def eval_split(seed: int, per_level: int) -> list[ToyProblem]:
     """Held-out problems, ``per_level`` for each level (fixed by ``seed``)."""
     rng = random.Random(f"toy-eval-{seed}")
@@ -182,8 +213,9 @@ def eval_split(seed: int, per_level: int) -> list[ToyProblem]:
 
 #: How often each level appears in the warm start's training data.  Easy problems are short
 #: (cheap) and their direct answers must be near-perfect, as an R1 model's are, so they get more
-#: weight; the mode mix is the same at every level whatever the weights.
-TRAIN_LEVEL_WEIGHTS = (3, 3, 1, 1, 1, 1, 1, 1)
+#: weight: level 2 most, since its 729 problems must be generalised (level 1's 81 are all seen);
+#: the mode mix is the same at every level whatever the weights.
+TRAIN_LEVEL_WEIGHTS = (2, 4, 1, 1, 1, 1, 1, 1)
 
 
 def train_split(seed: int, n: int, exclude: set[str], weights: tuple[int, ...] = TRAIN_LEVEL_WEIGHTS) -> list[ToyProblem]:

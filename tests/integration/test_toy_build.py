@@ -49,13 +49,15 @@ def test_the_build_has_the_shape_of_an_untrained_r1_model(small_build):
 def test_the_build_overthinks_and_answers_easy_problems_directly(small_build):
     # the two R1 properties the toy is built to have (autothink/toy/task.py): think answers carry
     # redundant re-checks (the standard prompt's answers well above the minimal trace), and direct
-    # answers are right on the easiest level and mostly wrong from level 4 on
+    # answers are right on the easy levels and mostly wrong from level 4 on
     _, summary, _ = small_build
     levels = summary["levels"]
     think = sum(r["think_tokens"] for r in levels)
     minimal = sum(r["minimal_think_tokens"] for r in levels)
     assert think >= 1.5 * minimal, (think, minimal)
-    assert levels[0]["no_think_acc"] >= 0.9, levels[0]
+    # levels 1-2 (easy) direct answers near-perfect, as an R1 model's are: the reward's break-even
+    # (p ~ 0.67) then falls between the easy and the hard levels, not inside the easy group
+    assert all(r["no_think_acc"] >= 0.85 for r in levels[:2]), levels[:2]
     assert all(r["no_think_acc"] <= 0.5 for r in levels[3:]), levels
 
 

@@ -14,6 +14,8 @@ from autothink.toy.task import (
     overthink_trace,
     direct_value,
     eval_split,
+    is_direct,
+    loss_weights,
     make_problem,
     sft_example,
     think_response,
@@ -114,3 +116,21 @@ def test_direct_demonstrations_exact_on_easy_levels_and_mostly_wrong_from_level_
     # the reward's break-even for a direct answer is p ~ 0.67 (3p - 1 = q with q ~ 1): the
     # demonstrations put it between level 2 (p = 1) and level 3 (p = 0.6)
     assert 1 - wrong[2] > 2 / 3 > 1 - wrong[3]
+
+
+def test_direct_answers_weigh_more_but_the_mode_decision_does_not():
+    # the warm start up-weights a direct answer's tokens (levels 1-2 must be near-perfect, as an R1
+    # model's easy answers are) but not an ellipsis answer's </think>: the summed weight of the
+    # mode decision is the same for both modes, so the untrained no-think rate stays the data's mix
+    rng = random.Random(3)
+    mode_weight = Counter()
+    for _ in range(2000):
+        prompt, response = sft_example(make_problem(rng, rng.choice(LEVELS)), rng, NoiseRule())
+        direct = is_direct(response)
+        assert direct == (parse_response(response).mode == "no_think" or prompt.endswith("</think>\n\n")), response
+        w = loss_weights(response, 6, 4.0)
+        if prompt.endswith("<think>\n...\n"):
+            assert w[0] == 1.0  # the first response token decides the mode
+            mode_weight[direct] += w[0]
+        assert w[1:] == [4.0 if direct else 1.0] * 5
+    assert 0.9 < mode_weight[True] / mode_weight[False] < 1.1
