@@ -182,7 +182,9 @@ else
 fi
 say "building $IMAGE (docker/Dockerfile, log $OUT/build.log)"
 t=$(date +%s)
-"${NICE[@]}" docker build --network host -f docker/Dockerfile -t "$IMAGE" \
+# --shm-size: a toy built from scratch is evaluated with vLLM, whose engine needs 160+ MiB of
+# /dev/shm; a build's RUN gets Docker's default 64 MiB (as docker-compose.yml's build.shm_size)
+"${NICE[@]}" docker build --network host --shm-size 2g -f docker/Dockerfile -t "$IMAGE" \
   --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_INDEX_URL="$PIP_INDEX_URL" --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" \
   . >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log" >&2; die "$IMAGE did not build (see $OUT/build.log)"; }
 note "image $IMAGE built in $(( $(date +%s) - t )) s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}'))"
