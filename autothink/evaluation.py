@@ -147,8 +147,9 @@ def level_table(
     max_tokens: int,
     grade: Grade = exact_grade,
 ) -> list[dict[str, Any]]:
-    """Per level: think_acc (standard prompt), no_think_acc (no-thinking prompt), ellipsis_acc and
-    ellipsis_no_think_rate (ellipsis prompt), plus mean response tokens under each."""
+    """Per level: think_acc (standard prompt), no_think_acc (no-thinking prompt), ellipsis_acc,
+    ellipsis_no_think_rate and ellipsis_direct_acc (ellipsis prompt; the last over its no-think
+    samples, None when it has none), plus mean response tokens under each."""
     by: dict[str, dict[Any, list[Scored]]] = {}
     sampled = sample_scored(sampler, problems, ("standard", "no_think", "ellipsis"), temperature, max_tokens, grade=grade)
     for strategy, rows in sampled.items():
@@ -159,6 +160,8 @@ def level_table(
     table = []
     for level in sorted(by["ellipsis"]):
         std, nt, el = (summarize(by[s][level]) for s in ("standard", "no_think", "ellipsis"))
+        # the direct answers the RL stages shape: the ellipsis prompt's no-think samples
+        direct = summarize([r for r in by["ellipsis"][level] if r.mode == "no_think"])
         table.append(
             {
                 "level": level,
@@ -166,6 +169,7 @@ def level_table(
                 "no_think_acc": round(nt["accuracy"], 4),
                 "ellipsis_acc": round(el["accuracy"], 4),
                 "ellipsis_no_think_rate": round(el["no_think_rate"], 4),
+                "ellipsis_direct_acc": round(direct["accuracy"], 4) if direct["count"] else None,
                 "think_tokens": round(std["mean_tokens"], 1),
                 "no_think_tokens": round(nt["mean_tokens"], 1),
                 "ellipsis_tokens": round(el["mean_tokens"], 1),

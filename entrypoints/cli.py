@@ -91,7 +91,8 @@ def toy_build(
     """Build tokenizer, model and data deterministically; print a JSON summary as the last line.
 
     The summary has per level: think_acc (standard prompt), no_think_acc (no-thinking prompt),
-    ellipsis_acc and ellipsis_no_think_rate (ellipsis prompt), sampled with vLLM at temperature 0.6.
+    ellipsis_acc, ellipsis_no_think_rate and ellipsis_direct_acc (ellipsis prompt; direct_acc in
+    the table: its no-think samples' accuracy), sampled with vLLM at temperature 0.6.
     """
     from pathlib import Path
 
@@ -111,11 +112,13 @@ def toy_build(
 
 def _print_level_table(levels: list) -> None:
     typer.echo(f"{'level':>5} {'think_acc':>9} {'no_think_acc':>12} {'ellipsis_acc':>12} {'no_think_rate':>13}"
-               f" {'think_tokens':>12} {'minimal_trace':>13}", err=True)
+               f" {'direct_acc':>10} {'think_tokens':>12} {'minimal_trace':>13}", err=True)
     for row in levels:
+        direct = row.get("ellipsis_direct_acc")
         typer.echo(
             f"{row['level']:>5} {row['think_acc']:>9.3f} {row['no_think_acc']:>12.3f} {row['ellipsis_acc']:>12.3f}"
-            f" {row['ellipsis_no_think_rate']:>13.3f} {row.get('think_tokens', float('nan')):>12.1f}"
+            f" {row['ellipsis_no_think_rate']:>13.3f} {float('nan') if direct is None else direct:>10.3f}"
+            f" {row.get('think_tokens', float('nan')):>12.1f}"
             f" {row.get('minimal_think_tokens', float('nan')):>13.1f}",
             err=True,
         )

@@ -45,7 +45,7 @@ class ToySettings(Strict):
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
     warmup_steps: int = 50
     p_think: float = Field(0.5, gt=0, lt=1, description="Share of think-mode demonstrations, at every level.")
-    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.4, "max_offset": 3})
+    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.8, "max_offset": 3})
     recheck_passes: tuple[float, ...] = Field(
         (0.2, 0.4, 0.4), description="Probability of 0, 1, 2 ... redundant re-verification passes in a think demonstration.")
     direct_weight: float = Field(
@@ -67,6 +67,22 @@ class ToySettings(Strict):
         return RecheckRule(tuple(self.recheck_passes))
 
 
+def easy_direct_acc(levels: list[dict[str, Any]]) -> float:
+    """Levels 1-2's direct-answer accuracy where the RL stages meet it: under the ellipsis prompt,
+    pooled over both levels (each level has only its ~30 no-think samples of 64, ±0.07 alone),
+    weighted by their no-think rates.  Builds without that field: the no-thinking prompt's.
+
+    >>> easy_direct_acc([{"level": 1, "ellipsis_direct_acc": 1.0, "ellipsis_no_think_rate": 0.6},
+    ...                  {"level": 2, "ellipsis_direct_acc": 0.75, "ellipsis_no_think_rate": 0.2}])
+    0.9375
+    """
+    easy = [r for r in levels if r["level"] <= 2]
+    if any(r.get("ellipsis_direct_acc") is None for r in easy):
+        return sum(r["no_think_acc"] for r in easy) / len(easy)
+    weight = sum(r["ellipsis_no_think_rate"] for r in easy)
+    return sum(r["ellipsis_direct_acc"] * r["ellipsis_no_think_rate"] for r in easy) / weight
+
+
 def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[str, bool]:
     """The toy model's acceptance targets, each by name.
 
@@ -76,7 +92,7 @@ def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[s
     True
     >>> lv[1]["no_think_acc"] = 0.6  # level 2's direct answers too weak: the break-even falls at level 1
     >>> [name for name, ok in check_targets({"levels": lv, "build_seconds": 200}).items() if not ok]
-    ['levels 1-2: both modes >= 0.9']
+    ['levels 1-2: think >= 0.9, direct answers >= 0.85']
     """
     levels = sorted(summary["levels"], key=lambda r: r["level"])
     last = levels[-1]
@@ -84,7 +100,7 @@ def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[s
     out = {
         "build within 5 minutes": summary["build_seconds"] <= max_seconds,
         "no-think rate 0.3..0.7 at every level": all(0.3 <= r["ellipsis_no_think_rate"] <= 0.7 for r in levels),
-        "levels 1-2: both modes >= 0.9": all(r["think_acc"] >= 0.9 and r["no_think_acc"] >= 0.9 for r in easy),
+        "levels 1-2: think >= 0.9, direct answers >= 0.85": all(r["think_acc"] >= 0.9 for r in easy) and easy_direct_acc(levels) >= 0.85,
         "hardest level: think beats no-think by >= 0.3": last["think_acc"] - last["no_think_acc"] >= 0.3,
     }
     if all("minimal_think_tokens" in r for r in levels):  # builds before the overthinking toy lack it

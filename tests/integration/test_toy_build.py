@@ -38,8 +38,9 @@ def test_the_build_has_the_shape_of_an_untrained_r1_model(small_build):
     # both modes at every level, at a rate that does not follow difficulty
     rates = [r["ellipsis_no_think_rate"] for r in levels]
     assert all(0.2 <= x <= 0.8 for x in rates), rates
-    # easy problems are solved in both modes; on the hardest level thinking wins clearly
-    assert levels[0]["think_acc"] >= 0.85 and levels[0]["no_think_acc"] >= 0.85, levels[0]
+    # easy problems are solved by thinking (and directly: the next test); on the hardest level
+    # thinking wins clearly
+    assert levels[0]["think_acc"] >= 0.85, levels[0]
     assert levels[-1]["think_acc"] - levels[-1]["no_think_acc"] >= 0.2, levels[-1]
     # direct answers degrade with difficulty; think traces make answers longer
     assert levels[0]["no_think_acc"] - levels[-1]["no_think_acc"] >= 0.3, levels
@@ -49,7 +50,7 @@ def test_the_build_has_the_shape_of_an_untrained_r1_model(small_build):
 def test_the_build_overthinks_and_answers_easy_problems_directly(small_build):
     # the two R1 properties the toy is built to have (autothink/toy/task.py): think answers carry
     # redundant re-checks (the standard prompt's answers well above the minimal trace), and direct
-    # answers are right on the easy levels and mostly wrong from level 4 on
+    # answers are right on the easy levels (1-2) and mostly wrong from level 3 on
     _, summary, _ = small_build
     levels = summary["levels"]
     think = sum(r["think_tokens"] for r in levels)
@@ -57,8 +58,12 @@ def test_the_build_overthinks_and_answers_easy_problems_directly(small_build):
     assert think >= 1.5 * minimal, (think, minimal)
     # levels 1-2 (easy) direct answers near-perfect, as an R1 model's are: the reward's break-even
     # (p ~ 0.67) then falls between the easy and the hard levels, not inside the easy group
-    assert all(r["no_think_acc"] >= 0.85 for r in levels[:2]), levels[:2]
-    assert all(r["no_think_acc"] <= 0.5 for r in levels[3:]), levels
+    # (under the ellipsis prompt, whose direct answers the RL stages shape; pooled over both
+    # levels, ~50 samples: ±0.04)
+    from autothink.toy.build import easy_direct_acc
+
+    assert easy_direct_acc(levels) >= 0.8, levels[:2]
+    assert all(r["no_think_acc"] <= 0.5 for r in levels[2:]), levels
 
 
 def test_folder_loads_in_transformers_and_answers(small_build):
