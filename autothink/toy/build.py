@@ -45,7 +45,7 @@ class ToySettings(Strict):
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
     warmup_steps: int = 50
     p_think: float = Field(0.5, gt=0, lt=1, description="Share of think-mode demonstrations, at every level.")
-    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.8, "max_offset": 3})
+    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.4, "max_offset": 3})
     recheck_passes: tuple[float, ...] = Field(
         (0.2, 0.4, 0.4), description="Probability of 0, 1, 2 ... redundant re-verification passes in a think demonstration.")
     direct_weight: float = Field(

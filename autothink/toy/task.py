@@ -54,14 +54,14 @@ class NoiseRule:
     """How wrong the warm start's direct answers are, by level (see the module docstring)."""
 
     start_level: int = 3
-    per_level: float = 0.8
+    per_level: float = 0.4
     max_offset: int = 3
 
     def probability(self, level: int) -> float:
         """Chance that a direct demonstration at ``level`` is off.
 
         >>> [round(NoiseRule().probability(l), 1) for l in range(1, 9)]
-        [0.0, 0.0, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0]
+        [0.0, 0.0, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
         """
         if level < self.start_level:
             return 0.0
