@@ -253,7 +253,11 @@ def build(out: Path, settings: ToySettings = ToySettings(), progress: bool = Tru
         return cached
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
+    # a rebuild starts from what a first build sees: a config.json left by the previous build
+    # would change which tokenizer class AutoTokenizer picks while the model is being built
+    for stale in (MANIFEST, "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (out / stale).unlink(missing_ok=True)
     evals = eval_split(settings.seed, settings.eval_per_level)
     train = train_split(settings.seed, settings.train_problems, {p.problem for p in evals})
     (out / "data").mkdir(exist_ok=True)

@@ -51,6 +51,10 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path) -> No
         bos_token=BOS,
         eos_token=EOS,
         pad_token=EOS,
+        # named, so that a loader which picks Qwen2's tokenizer class from the folder's config.json
+        # (AutoTokenizer does once the model is saved beside it) does not add its own
+        # "<|endoftext|>" unk token: the vocabulary must be the same however the folder is loaded
+        unk_token=EOS,
         model_max_length=1024,
         clean_up_tokenization_spaces=False,
     )
