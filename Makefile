@@ -34,7 +34,7 @@ deploy:  ## render deploy/autothink.yaml from deploy/overlays/cpu-toy (what `kub
 	  kubectl kustomize deploy/overlays/cpu-toy) > deploy/autothink.yaml
 
 images:  ## build the CPU and CUDA images (needs a Docker engine)
-	docker build -f docker/Dockerfile -t autothink:cpu .
+	docker build --shm-size 2g -f docker/Dockerfile -t autothink:cpu .  # the toy stage checks the model with vLLM: more /dev/shm than a build step's 64 MiB
 	docker build -f docker/Dockerfile.cuda -t autothink:cuda .
 
 compose-test:  ## build the images and run docker-compose.yml for real: health, training, kills, gateway, down (~20 min; not in `make test`)
