@@ -109,7 +109,7 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], started: str) 
     sources = "".join(f"\n† {n}\n" for n in notes)
     return f"""## The demo's payoff across seeds (`bench/seeds_bench.py`, `make bench-seeds`)
 
-`autothink demo --no-serve --set seed=N` for {n} seeds ({run_span(rows, started)}): the same toy build, the toy
+`autothink demo --no-serve --set seed=N` for {n} seeds ({run_span(rows, started)}): the default toy build (a † row says where it differs), the toy
 preset unchanged, each seed's own training and evaluation (16 problems per level × 8 samples).
 Goal (issue #22): every target met in at least {goal} of {n} seeds.
 
