@@ -21,7 +21,7 @@ from pydantic import Field
 
 from autothink.config import Strict
 from autothink.toy.task import (
-    LEVELS, NoiseRule, RecheckRule, ToyProblem, eval_split, loss_weights, sft_example, think_response, train_split,
+    LEVELS, GlanceRule, RecheckRule, ToyProblem, eval_split, loss_weights, sft_example, think_response, train_split,
 )
 
 MANIFEST = "autothink_toy.json"
@@ -45,7 +45,10 @@ class ToySettings(Strict):
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
     warmup_steps: int = 50
     p_think: float = Field(0.5, gt=0, lt=1, description="Share of think-mode demonstrations, at every level.")
-    noise: dict[str, float] = Field(default_factory=lambda: {"start_level": 3, "per_level": 0.4, "max_offset": 3})
+    glance: dict[str, int] = Field(
+        default_factory=lambda: {"span": 3, "small": 4},
+        description="The direct demonstrations' heuristic: the first `span` digits added exactly, a later digit only if "
+        "<= `small` (levels 1-2 exact, level 3 4/9 of the time, level 8 almost never).")
     recheck_passes: tuple[float, ...] = Field(
         (0.2, 0.4, 0.4), description="Probability of 0, 1, 2 ... redundant re-verification passes in a think demonstration.")
     direct_weight: float = Field(
@@ -59,9 +62,8 @@ class ToySettings(Strict):
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def noise_rule(self) -> NoiseRule:
-        n = self.noise
-        return NoiseRule(int(n["start_level"]), float(n["per_level"]), int(n["max_offset"]))
+    def glance_rule(self) -> GlanceRule:
+        return GlanceRule(**self.glance)
 
     def recheck_rule(self) -> RecheckRule:
         return RecheckRule(tuple(self.recheck_passes))
@@ -138,8 +140,8 @@ def warm_start(out: Path, settings: ToySettings, train: list[ToyProblem], progre
     from autothink.toy.tokenizer import build_tokenizer
 
     rng = random.Random(f"toy-sft-{settings.seed}")
-    noise = settings.noise_rule()
-    examples = [sft_example(p, rng, noise, settings.p_think, settings.recheck_rule()) for p in train]
+    rule = settings.glance_rule()
+    examples = [sft_example(p, rng, rule, settings.p_think, settings.recheck_rule()) for p in train]
     corpus = [prompt + response for prompt, response in examples[:5000]]
     corpus += [think_response(p) for p in train[:2000]]
     build_tokenizer(corpus, settings.vocab_size, out)

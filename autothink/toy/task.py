@@ -20,14 +20,21 @@ drawn at random, independent of the level and of correctness.  Minimal traces st
 **Its direct answers are right on easy problems and degrade steeply on hard ones.**  A 3-layer
 model learns to add up nine digits in one pass almost as well as step by step (DESIGN.md §6),
 so on this task thinking would win nothing.  Following the documented fallback, the no-think
-demonstrations are exact on easy levels and approximate on hard ones: from
-``noise_start_level`` on, a direct answer is off by ±1..``noise_max_offset`` with probability
-``noise_per_level · (level − noise_start_level + 1)`` (capped at 1); and easy problems, where an
-R1 model has seen the most direct answers, are the most frequent in the warm start
+demonstrations are exact on easy levels and approximate on hard ones.  They come from a one-pass
+*heuristic* (:class:`GlanceRule`): the first ``span`` digits are added exactly, and a later digit
+counts only if it is small (at most ``small``); a big digit past the glance is missed.  Levels 1-2
+(two and three digits) are always exact; level 3 is exact when its fourth digit is small (4/9 of
+problems), level 4 about 0.2 of the time, level 8 almost never.  The error is systematic, not
+random: a direct answer wrong by random noise keeps the true sum its most likely value, so the RL
+stages sharpened it (an earlier toy: level 3's direct answers from ~0.5 to ~0.8 during stage 2,
+past the reward's break-even, which made stage 3 trade accuracy for tokens).  A heuristic's miss
+is the model's most likely answer, so only thinking fixes it, as for an R1 model.  Easy problems,
+where an R1 model has seen the most direct answers, are the most frequent in the warm start
 (:data:`TRAIN_LEVEL_WEIGHTS`).  Under the reference rewards a direct answer is worth 3p − 1 and a
 think answer q (p, q the accuracies of the two modes), so the break-even, p ≈ 0.67, falls between
-the easy levels (p near 1) and the hard ones.  Think traces are always exact.  The RL stages are
-told none of this: they must discover from rewards alone when thinking pays and that the
+the easy levels (p = 1) and the hard ones (level 3: 0.44).  Think traces are always exact.  The RL
+stages are told none of this: they must discover from rewards alone when thinking pays (down to
+the problem: a level-3 problem whose last digit is small can be answered directly) and that the
 re-checks are wasted.
 """
 
@@ -50,22 +57,32 @@ class ToyProblem:
 
 
 @dataclass(frozen=True)
-class NoiseRule:
-    """How wrong the warm start's direct answers are, by level (see the module docstring)."""
+class GlanceRule:
+    """How the warm start's direct answers are made (see the module docstring): the first ``span``
+    digits are added exactly; a later digit counts only if it is at most ``small``."""
 
-    start_level: int = 3
-    per_level: float = 0.4
-    max_offset: int = 3
+    span: int = 3
+    small: int = 4
 
-    def probability(self, level: int) -> float:
-        """Chance that a direct demonstration at ``level`` is off.
+    def __post_init__(self) -> None:
+        if self.span < 1 or not 0 <= self.small <= 9:
+            raise ValueError(f"glance rule needs span >= 1 and 0 <= small <= 9, got span={self.span} small={self.small}")
 
-        >>> [round(NoiseRule().probability(l), 1) for l in range(1, 9)]
-        [0.0, 0.0, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    def value(self, digits: tuple[int, ...]) -> int:
+        """The heuristic's answer.
+
+        >>> GlanceRule().value((3, 5, 7)), GlanceRule().value((3, 5, 7, 2)), GlanceRule().value((3, 5, 7, 8, 1))
+        (15, 17, 16)
         """
-        if level < self.start_level:
-            return 0.0
-        return min(1.0, self.per_level * (level - self.start_level + 1))
+        return sum(digits[: self.span]) + sum(d for d in digits[self.span:] if d <= self.small)
+
+    def exact_rate(self, level: int) -> float:
+        """Share of ``level``'s problems (digits uniform on 1..9) whose heuristic answer is exact.
+
+        >>> [round(GlanceRule().exact_rate(l), 3) for l in range(1, 9)]
+        [1.0, 1.0, 0.444, 0.198, 0.088, 0.039, 0.017, 0.008]
+        """
+        return (self.small / 9) ** max(0, level + 1 - self.span)
 
 
 def make_problem(rng: random.Random, level: int) -> ToyProblem:
@@ -137,13 +154,9 @@ def final_answer(value: int) -> str:
     return f"{ANSWER_PREFIX}$\\boxed{{{value}}}$."
 
 
-def direct_value(p: ToyProblem, rng: random.Random, noise: NoiseRule) -> int:
-    """The value a warm-start no-think demonstration states (approximate on hard levels)."""
-    value = sum(p.digits)
-    if rng.random() < noise.probability(p.level):
-        offset = rng.randint(1, noise.max_offset)
-        value = value + offset if (rng.random() < 0.5 or value - offset < 0) else value - offset
-    return value
+def direct_value(p: ToyProblem, rule: GlanceRule) -> int:
+    """The value a warm-start no-think demonstration states: the heuristic's, the same every time."""
+    return rule.value(p.digits)
 
 
 def think_response(p: ToyProblem, passes: int = 0, rng: random.Random | None = None) -> str:
@@ -153,7 +166,7 @@ def think_response(p: ToyProblem, passes: int = 0, rng: random.Random | None = N
     return trace + f"{THINK_CLOSE}\n\n" + final_answer(sum(p.digits))
 
 
-def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: float = 0.5,
+def sft_example(p: ToyProblem, rng: random.Random, rule: GlanceRule = GlanceRule(), p_think: float = 0.5,
                 recheck: RecheckRule = RecheckRule()) -> tuple[str, str]:
     """(prompt, response) for the warm start.
 
@@ -171,7 +184,7 @@ def sft_example(p: ToyProblem, rng: random.Random, noise: NoiseRule, p_think: fl
         strategy, think = "no_think", False
     if think:
         return build_prompt(p.problem, strategy), think_response(p, recheck.draw(rng), rng)
-    direct = final_answer(direct_value(p, rng, noise))
+    direct = final_answer(direct_value(p, rule))
     if strategy == "no_think":
         return build_prompt(p.problem, "no_think"), direct
     return build_prompt(p.problem, strategy), f"{THINK_CLOSE}\n\n" + direct

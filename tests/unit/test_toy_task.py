@@ -1,4 +1,4 @@
-"""The synthetic task: problems, traces, the warm start's mix of modes and its noise rule."""
+"""The synthetic task: problems, traces, the warm start's mix of modes and its direct-answer heuristic."""
 
 import random
 from collections import Counter
@@ -9,7 +9,7 @@ from autothink.prompting import parse_response
 from autothink.toy.task import (
     LEVELS,
     RECHECK_PHRASES,
-    NoiseRule,
+    GlanceRule,
     RecheckRule,
     overthink_trace,
     direct_value,
@@ -37,21 +37,40 @@ def test_think_trace_is_a_running_sum():
     assert r.mode == "think" and r.format_ok and r.reasoning.count("\n") == 7
 
 
-def test_noise_rule_matches_the_design_fallback():
-    rule = NoiseRule()
-    assert [rule.probability(level) for level in LEVELS] == pytest.approx([0, 0, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0])
+def test_glance_rule_by_hand():
+    rule = GlanceRule()  # the first 3 digits exactly, a later digit only if <= 4
+    assert rule.value((9, 8)) == 17 and rule.value((9, 8, 7)) == 24  # levels 1-2: exact
+    assert rule.value((9, 8, 7, 4)) == 28  # 4 is small: exact
+    assert rule.value((9, 8, 7, 5)) == 24  # 5 is missed: 24, not 29
+    assert rule.value((1, 1, 1, 9, 2, 9, 3, 4, 9)) == 3 + 2 + 3 + 4  # level 8: the three 9s are missed
+    assert GlanceRule(span=1, small=0).value((5, 5, 5)) == 5
+    with pytest.raises(ValueError, match="span"):
+        GlanceRule(span=0)
+    with pytest.raises(ValueError, match="small"):
+        GlanceRule(small=10)
+
+
+def test_direct_demonstrations_are_systematic_not_random():
+    # the same problem always gets the same direct answer: a miss is the model's most likely
+    # answer, not noise around the true sum that RL could sharpen away
     rng = random.Random(0)
-    easy = [make_problem(rng, 2) for _ in range(200)]
-    assert all(direct_value(p, rng, rule) == sum(p.digits) for p in easy)
+    p = make_problem(random.Random(5), 6)
+    values = {direct_value(p, GlanceRule()) for _ in range(20)}
+    assert len(values) == 1
+    answers = set()
+    for _ in range(400):
+        prompt, response = sft_example(p, rng)
+        if is_direct(response):
+            answers.add(response.split("boxed{")[1].split("}")[0])
+    assert answers == {str(GlanceRule().value(p.digits))}
+    # and a miss is always short of the truth: the heuristic drops digits, it never adds one
     hard = [make_problem(rng, 8) for _ in range(200)]
-    errors = [direct_value(p, rng, rule) - sum(p.digits) for p in hard]
-    assert all(1 <= abs(e) <= 3 for e in errors)
-    assert {e > 0 for e in errors} == {True, False}  # off in both directions
+    assert all(direct_value(q, GlanceRule()) <= sum(q.digits) for q in hard)
 
 
 def test_warm_start_mode_mix_is_flat_across_levels():
     rng = random.Random(0)
-    rule = NoiseRule()
+    rule = GlanceRule()
     for level in (1, 8):
         modes = Counter()
         for _ in range(2000):
@@ -92,7 +111,7 @@ def test_recheck_passes_are_drawn_independently_of_level_and_average_1_2():
     for level in (1, 8):
         counts = Counter()
         for _ in range(3000):
-            prompt, response = sft_example(make_problem(rng, level), rng, NoiseRule())
+            prompt, response = sft_example(make_problem(rng, level), rng, GlanceRule())
             r = parse_response(response)
             if r.mode == "think" and r.closed_think and r.reasoning:  # a think demonstration (not a direct one)
                 counts[sum(response.count(p) for p in RECHECK_PHRASES)] += 1
@@ -104,18 +123,20 @@ def test_recheck_passes_are_drawn_independently_of_level_and_average_1_2():
         RecheckRule((0.5, 0.4))
 
 
-def test_direct_demonstrations_exact_on_easy_levels_and_mostly_wrong_from_level_4():
-    rng, rule = random.Random(0), NoiseRule()
-    wrong = {}
+def test_direct_demonstrations_exact_on_easy_levels_and_falling_steeply_after():
+    rng, rule = random.Random(0), GlanceRule()
+    right = {}
     for level in LEVELS:
-        ps = [make_problem(rng, level) for _ in range(1000)]
-        wrong[level] = sum(direct_value(p, rng, rule) != sum(p.digits) for p in ps) / len(ps)
-    assert wrong[1] == wrong[2] == 0.0
-    assert 0.35 < wrong[3] < 0.45 and 0.75 < wrong[4] < 0.85
-    assert all(wrong[level] == 1.0 for level in (5, 6, 7, 8))
+        ps = [make_problem(rng, level) for _ in range(2000)]
+        right[level] = sum(direct_value(p, rule) == sum(p.digits) for p in ps) / len(ps)
+    assert right[1] == right[2] == 1.0
+    # (4/9)^(level - 2): 0.444, 0.198, 0.088, ... (binomial sd at n = 2000: < 0.012)
+    for level in LEVELS[2:]:
+        assert abs(right[level] - rule.exact_rate(level)) < 0.04, (level, right[level])
+    assert right[8] < 0.02
     # the reward's break-even for a direct answer is p ~ 0.67 (3p - 1 = q with q ~ 1): the
-    # demonstrations put it between level 2 (p = 1) and level 3 (p = 0.6)
-    assert 1 - wrong[2] > 2 / 3 > 1 - wrong[3]
+    # demonstrations put it between level 2 (p = 1) and level 3 (p = 0.44)
+    assert right[2] > 2 / 3 > right[3]
 
 
 def test_direct_answers_weigh_more_but_the_mode_decision_does_not():
@@ -125,7 +146,7 @@ def test_direct_answers_weigh_more_but_the_mode_decision_does_not():
     rng = random.Random(3)
     mode_weight = Counter()
     for _ in range(2000):
-        prompt, response = sft_example(make_problem(rng, rng.choice(LEVELS)), rng, NoiseRule())
+        prompt, response = sft_example(make_problem(rng, rng.choice(LEVELS)), rng, GlanceRule())
         direct = is_direct(response)
         assert direct == (parse_response(response).mode == "no_think" or prompt.endswith("</think>\n\n")), response
         w = loss_weights(response, 6, 4.0)

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from autothink.prompting import THINK_CLOSE, build_prompt
-from autothink.toy.task import NoiseRule, make_problem, sft_example, think_response
+from autothink.toy.task import GlanceRule, make_problem, sft_example, think_response
 from autothink.toy.tokenizer import build_tokenizer
 
 
@@ -14,7 +14,7 @@ from autothink.toy.tokenizer import build_tokenizer
 def folder(tmp_path_factory):
     rng = random.Random(0)
     problems = [make_problem(rng, rng.randint(1, 8)) for _ in range(400)]
-    corpus = [a + b for a, b in (sft_example(p, rng, NoiseRule()) for p in problems)] + [think_response(p) for p in problems]
+    corpus = [a + b for a, b in (sft_example(p, rng, GlanceRule()) for p in problems)] + [think_response(p) for p in problems]
     out = tmp_path_factory.mktemp("tok")
     build_tokenizer(corpus, 512, out)
     return out
