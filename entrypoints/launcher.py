@@ -54,6 +54,7 @@ class Service:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     stopping: bool = False
+    pump: threading.Thread | None = None  # copies the output into log_path
 
 
 class Supervisor:
@@ -69,7 +70,8 @@ class Supervisor:
         svc.log_path = self.log_dir / f"{svc.name}.log"
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1", **svc.env}
         svc.proc = subprocess.Popen(svc.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        threading.Thread(target=self._pump, args=(svc, svc.proc.stdout, open(svc.log_path, "ab")), daemon=True).start()
+        svc.pump = threading.Thread(target=self._pump, args=(svc, svc.proc.stdout, open(svc.log_path, "ab")), daemon=True)
+        svc.pump.start()
         self.services.append(svc)
         return svc
 
@@ -88,6 +90,8 @@ class Supervisor:
         """Raise :class:`ServiceDied` if a service exited without being asked to."""
         for svc in self.services:
             if not svc.stopping and svc.proc is not None and svc.proc.poll() is not None:
+                if svc.pump is not None:  # the last lines (the error) may still be in the pipe
+                    svc.pump.join(timeout=5.0)
                 raise ServiceDied(svc.name, svc.proc.returncode, self.tail(svc))
 
     def tail(self, svc: Service, lines: int = 30) -> str:

@@ -114,6 +114,9 @@ def test_grader_never_raises(answer, truth) -> None:
 @pytest.fixture(scope="module")
 def pool():
     with GraderPool(workers=1, timeout_s=1.0) as p:
+        # the bound below is a grade's, not the worker's start-up (importing the grader took 5 s on
+        # a machine starved by an RL run): wait for the first answer before timing any
+        assert p.grade("\\boxed{1}", "1", timeout_s=120.0).correct
         yield p
 
 

@@ -60,3 +60,21 @@ def test_wait_ready_fails_fast_when_a_service_dies(tmp_path) -> None:
         sup.wait_ready([svc], timeout=60)
     assert time.time() - t0 < 10 and "bad config" in e.value.tail
     sup.stop_all()
+
+
+def test_a_dead_service_reports_its_last_lines_even_when_the_log_is_behind(tmp_path) -> None:
+    """The error is in the pipe when the process has exited; the tail waits for the log to catch up
+    (a busy machine once lost it: ServiceDied with an empty tail)."""
+
+    class SlowLog(Supervisor):
+        def _pump(self, svc, stream, log):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)  # the copying thread is late
+            super()._pump(svc, stream, log)
+
+    sup = SlowLog(tmp_path, echo=False)
+    svc = sup.start(Service("learner", [sys.executable, "-c", "raise SystemExit('bad config')"], ready=lambda: False))
+    svc.proc.wait()
+    with pytest.raises(ServiceDied) as e:
+        sup.wait_ready([svc], timeout=60)
+    assert "bad config" in e.value.tail
+    sup.stop_all()
