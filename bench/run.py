@@ -222,8 +222,20 @@ def demo_section(d: dict) -> str:
 | whole demo, toy model already built | {d['seconds']:.0f} | 900 (15 min on 2 cores) |
 | toy model build (once; `autothink toy build`) | {d.get('build_seconds', 0):.0f} | 300 |
 
-Both together stay under the 15-minute budget for a fresh machine.
+{_demo_verdict(d)}
 """
+
+
+def _demo_verdict(d: dict) -> str:
+    """What the two rows add up to, against the issue's 15 minutes for a fresh machine.
+
+    >>> _demo_verdict({"seconds": 447, "build_seconds": 268})
+    'Both together (715 s) stay under the 15-minute budget for a fresh machine.'
+    >>> _demo_verdict({"seconds": 786, "build_seconds": 388})
+    'Both together (1174 s) are **over** the 15-minute budget for a fresh machine.'
+    """
+    total = d["seconds"] + d.get("build_seconds", 0)
+    return f"Both together ({total:.0f} s) {'stay under' if total <= 900 else 'are **over**'} the 15-minute budget for a fresh machine."
 
 
 def demo_time() -> dict:
