@@ -28,8 +28,9 @@ problems), level 4 about 0.2 of the time, level 8 almost never.  The error is sy
 random: a direct answer wrong by random noise keeps the true sum its most likely value, so the RL
 stages sharpened it (an earlier toy: level 3's direct answers from ~0.5 to ~0.8 during stage 2,
 past the reward's break-even, which made stage 3 trade accuracy for tokens).  A heuristic's miss
-is the model's most likely answer, so only thinking fixes it, as for an R1 model.  Easy problems,
-where an R1 model has seen the most direct answers, are the most frequent in the warm start
+is learnt as the answer and the truth gets no probability, so only thinking fixes it, as for an
+R1 model.  Easy problems, where an R1 model has seen the most direct answers, are the most
+frequent in the warm start
 (:data:`TRAIN_LEVEL_WEIGHTS`).  Under the reference rewards a direct answer is worth 3p − 1 and a
 think answer q (p, q the accuracies of the two modes), so the break-even, p ≈ 0.67, falls between
 the easy levels (p = 1) and the hard ones (level 3: 0.44).  Think traces are always exact.  The RL
