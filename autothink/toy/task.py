@@ -155,11 +155,6 @@ def final_answer(value: int) -> str:
     return f"{ANSWER_PREFIX}$\\boxed{{{value}}}$."
 
 
-def direct_value(p: ToyProblem, rule: GlanceRule) -> int:
-    """The value a warm-start no-think demonstration states: the heuristic's, the same every time."""
-    return rule.value(p.digits)
-
-
 def think_response(p: ToyProblem, passes: int = 0, rng: random.Random | None = None) -> str:
     """A think answer: the running sum with ``passes`` re-checks (0: the minimal trace), then the
     boxed sum."""
@@ -185,7 +180,7 @@ def sft_example(p: ToyProblem, rng: random.Random, rule: GlanceRule = GlanceRule
         strategy, think = "no_think", False
     if think:
         return build_prompt(p.problem, strategy), think_response(p, recheck.draw(rng), rng)
-    direct = final_answer(direct_value(p, rule))
+    direct = final_answer(rule.value(p.digits))  # the heuristic's, the same every time
     if strategy == "no_think":
         return build_prompt(p.problem, "no_think"), direct
     return build_prompt(p.problem, strategy), f"{THINK_CLOSE}\n\n" + direct

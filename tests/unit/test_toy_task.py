@@ -12,7 +12,6 @@ from autothink.toy.task import (
     GlanceRule,
     RecheckRule,
     overthink_trace,
-    direct_value,
     eval_split,
     is_direct,
     loss_weights,
@@ -51,11 +50,11 @@ def test_glance_rule_by_hand():
 
 
 def test_direct_demonstrations_are_systematic_not_random():
-    # the same problem always gets the same direct answer: a miss is the model's most likely
-    # answer, not noise around the true sum that RL could sharpen away
+    # the same problem always gets the same direct answer: a miss is learnt as the answer, not
+    # noise around the true sum that RL could sharpen away
     rng = random.Random(0)
     p = make_problem(random.Random(5), 6)
-    values = {direct_value(p, GlanceRule()) for _ in range(20)}
+    values = {GlanceRule().value(p.digits) for _ in range(20)}
     assert len(values) == 1
     answers = set()
     for _ in range(400):
@@ -65,7 +64,7 @@ def test_direct_demonstrations_are_systematic_not_random():
     assert answers == {str(GlanceRule().value(p.digits))}
     # and a miss is always short of the truth: the heuristic drops digits, it never adds one
     hard = [make_problem(rng, 8) for _ in range(200)]
-    assert all(direct_value(q, GlanceRule()) <= sum(q.digits) for q in hard)
+    assert all(GlanceRule().value(q.digits) <= sum(q.digits) for q in hard)
 
 
 def test_warm_start_mode_mix_is_flat_across_levels():
@@ -128,7 +127,7 @@ def test_direct_demonstrations_exact_on_easy_levels_and_falling_steeply_after():
     right = {}
     for level in LEVELS:
         ps = [make_problem(rng, level) for _ in range(2000)]
-        right[level] = sum(direct_value(p, rule) == sum(p.digits) for p in ps) / len(ps)
+        right[level] = sum(rule.value(p.digits) == sum(p.digits) for p in ps) / len(ps)
     assert right[1] == right[2] == 1.0
     # (4/9)^(level - 2): 0.444, 0.198, 0.088, ... (binomial sd at n = 2000: < 0.012)
     for level in LEVELS[2:]:
