@@ -6,12 +6,17 @@ versions and fetch one (over the bulk port, or as a stream of chunks); :meth:`We
 returns the tensors only when every tensor arrived whole and its xxh3-128 checksum matches (one
 checksum per tensor, computed once, off the training loop), and :class:`WeightFollower` applies
 versions strictly forward.  Messages are at most ``chunk_bytes`` long, so any model size works.
-A shared token in the ``authorization`` metadata authenticates clients.
+A shared token in the ``authorization`` metadata authenticates clients: compared in constant
+time, exactly one ``authorization`` entry per call, and :func:`serve` refuses an address other
+machines can reach without one (the gateway's rule for its API key).  A follower whose token is
+refused stops and says so (:attr:`WeightFollower.fatal`): retrying cannot fix a wrong token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import logging
 import secrets
 import socket
@@ -45,6 +50,14 @@ _ALIGN = 64  # tensors start on 64-byte boundaries in a version's blob, so any d
 
 class WeightIntegrityError(RuntimeError):
     """A fetched version was incomplete or failed its checksums; it must not be applied."""
+
+
+class WeightAuthError(RuntimeError):
+    """The weight service refused this client's token: retrying with the same token cannot help."""
+
+
+#: what the service answers a client it does not accept: permanent until the token changes
+_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -321,29 +334,77 @@ class _Servicer(pb_grpc.WeightServiceServicer):
 
 
 class _TokenAuth(grpc.ServerInterceptor):
+    """Every call must carry exactly one ``authorization: Bearer TOKEN`` entry.  The comparison is
+    constant-time (:func:`hmac.compare_digest`), and a call with two entries is refused rather than
+    judged by whichever one a dict would keep."""
+
     def __init__(self, token: str):
-        self.expected = f"Bearer {token}"
+        self.expected = f"Bearer {token}".encode()
 
         def deny(request: Any, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong weight-service token")
 
         self._deny = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+
+    def allowed(self, metadata: Any) -> bool:
+        given = [v for k, v in (metadata or ()) if k.lower() == "authorization"]
+        if len(given) != 1:
+            return False
+        value = given[0].encode() if isinstance(given[0], str) else bytes(given[0])
+        return hmac.compare_digest(value, self.expected)
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") != self.expected:
-            return self._deny
+        if not self.allowed(handler_call_details.invocation_metadata):
+            unary = handler_call_details.method.endswith("/FetchManifest")
+            return self._deny_unary if unary else self._deny
         return continuation(handler_call_details)
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (the gateway's rule, here without its import).
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "[::1]", "0.0.0.0", "", "[::]", "10.0.0.5")]
+    [True, True, True, False, False, False, False]
+    """
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(bind: str, token: str, allow_no_token: bool = False) -> str | None:
+    """Why the weight service must not start on ``bind`` with ``token``, or None: anyone who can
+    reach it can read the policy's weights, so an address beyond this machine needs a token.
+
+    >>> check_exposure("127.0.0.1:50051", "") is None, check_exposure("0.0.0.0:50051", "t") is None
+    (True, True)
+    >>> check_exposure("0.0.0.0:50051", "")[:50]
+    'refusing to serve the weights on 0.0.0.0:50051 wit'
+    """
+    host = bind.rpartition(":")[0]
+    if not token and not allow_no_token and not is_loopback(host):
+        return (f"refusing to serve the weights on {bind} without a token: set weights.token (AUTOTHINK_WEIGHTS__TOKEN), "
+                "bind 127.0.0.1, or pass allow_no_token to accept the risk")
+    return None
+
+
 def serve(store: WeightStore, bind: str, token: str = "", chunk_bytes: int = 4 << 20, max_workers: int = 16, bulk: bool = True,
-          max_watchers: int = 256) -> grpc.Server:
+          max_watchers: int = 256, allow_no_token: bool = False) -> grpc.Server:
     """Start the weight service on ``bind`` (host:port; port 0 picks one: see ``server.port``).
+
+    A ``bind`` other machines can reach (``0.0.0.0``, ``[::]``, a LAN address) needs a ``token``
+    unless ``allow_no_token``: :func:`check_exposure` says why, and this raises ``ValueError``.
 
     ``max_workers`` threads serve manifests and fetches, on top of one thread per watcher (at
     most ``max_watchers``; more are refused with RESOURCE_EXHAUSTED and retry).  With ``bulk``,
     the bulk port listens on the gRPC port + 1 (any free port when the gRPC port was 0); if it
     cannot bind, clients fall back to the chunk stream."""
+    if (why := check_exposure(bind, token, allow_no_token)) is not None:
+        raise ValueError(why)
     interceptors = [_TokenAuth(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers + max_watchers), interceptors=interceptors,
                          options=_UNLIMITED)
@@ -387,6 +448,19 @@ class WeightClient:
         self.last_path = ""  # "bulk" or "stream": how the last fetch travelled
         self._buffer: bytearray | None = None  # the last bulk blob, reused once its tensors are gone
         self.buffers_allocated = 0
+
+    def check_token(self, timeout_s: float = 5.0) -> bool:
+        """Ask the service whether it accepts this client's token, with one cheap call (a manifest
+        of a version that cannot exist).  True: accepted; False: the service did not answer (not
+        up yet, which a follower rides out); raises :class:`WeightAuthError` when it refused."""
+        try:
+            self.stub.FetchManifest(pb.FetchRequest(policy_version=-1), metadata=self.metadata, timeout=timeout_s)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code in _AUTH_CODES:
+                raise WeightAuthError(f"the weight service refused the token ({code}: {e.details() if hasattr(e, 'details') else e})") from None
+            return code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+        return True
 
     def watch(self, after_version: int = 0, timeout_s: float | None = None) -> Iterator[pb.VersionInfo]:
         """Announcements of versions newer than ``after_version``, as they are published."""
@@ -507,6 +581,10 @@ class WeightFollower:
 
     ``apply(version, tensors)`` is called from the follower's thread.  A version that fails
     verification is skipped (the consumer keeps what it has) and the next announcement is awaited.
+    A service that refuses the token (UNAUTHENTICATED, PERMISSION_DENIED) is not retried: the
+    token cannot change while the process runs, so the follower stops, :attr:`fatal` and
+    :attr:`last_error` say why and :attr:`healthy` is False for good (#39: it used to retry
+    quietly while the gateway's /ready said ``healthy: true``).
     *Any* other error -- the service gone, ``apply`` failing on a full /dev/shm -- is logged,
     counted and retried with backoff (up to 5 s); the thread never dies of it, and :attr:`healthy`
     turns False while a newer version keeps failing, so the service's /health can say that it is
@@ -522,6 +600,7 @@ class WeightFollower:
         self.rejected = 0
         self.failures = 0  # attempts in a row that failed to fetch or apply an announced newer version
         self.last_error: str | None = None
+        self.fatal: str | None = None  # why following stopped for good (the token was refused)
         self.newest_seen = current_version
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-follower", daemon=True)
@@ -529,11 +608,13 @@ class WeightFollower:
     @property
     def healthy(self) -> bool:
         """The thread runs, and no newer version has failed to apply ``UNHEALTHY_AFTER`` times in a row."""
-        return (self._thread.is_alive() or self._stop.is_set()) and self.failures < self.UNHEALTHY_AFTER
+        return (self.fatal is None and (self._thread.is_alive() or self._stop.is_set())
+                and self.failures < self.UNHEALTHY_AFTER)
 
     def status(self) -> dict[str, object]:
         return {"version": self.version, "newest_seen": self.newest_seen, "failures": self.failures,
-                "rejected": self.rejected, "last_error": self.last_error, "healthy": self.healthy}
+                "rejected": self.rejected, "last_error": self.last_error, "fatal": self.fatal is not None,
+                "healthy": self.healthy}
 
     def start(self) -> WeightFollower:
         self._thread.start()
@@ -562,6 +643,14 @@ class WeightFollower:
                     self.failures, self.last_error = 0, None
             except grpc.RpcError as e:
                 if self._stop.is_set():
+                    return
+                code = e.code() if hasattr(e, "code") else None
+                if code in _AUTH_CODES:  # a wrong token stays wrong: stop, and say so where /ready shows it
+                    detail = e.details() if hasattr(e, "details") else str(e)
+                    self.fatal = self.last_error = f"the weight service refused the token ({code}: {detail})"
+                    self.failures += 1
+                    log.error("%s; not following new weights (still on policy version %d): fix the token and restart",
+                              self.fatal, self.version)
                     return
                 # a learner that finished or restarts: say so once, then back off quietly up to 5 s
                 (log.warning if wait == 1.0 else log.debug)(
