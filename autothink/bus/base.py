@@ -7,6 +7,13 @@ make that safe at the paper's lengths, where one prompt can take minutes to gene
   anyone may take it over.  A live consumer therefore ``renew``s what it holds on a timer well
   under that (:class:`Leases`), so only entries whose owner died are ever reclaimed -- never
   work in progress.
+* **Leases fence.**  A lease can still lapse (a process frozen or starved of CPU for longer than
+  ``claim_idle_ms``).  Then the old owner must stop: a renewal that finds an entry owned by someone
+  else reports it (``on_lost``) so the work is aborted, and the output is written with
+  ``publish_and_ack``, which checks ownership, writes and acknowledges in one atomic step -- a
+  result whose lease lapsed after the last renewal is dropped, never written.  So each entry is
+  written at most once by a live owner, whatever the timing; leases only decide how much work a
+  lapse wastes.
 * **Deliveries are counted.**  Each take-over counts a delivery; an entry delivered more than
   ``max_deliveries`` times (its consumers crash or fail on it every time) goes to the run's
   dead-letter stream with the reason, instead of being retried for ever.
@@ -23,13 +30,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from autothink.bus.messages import PromptMsg, RolloutGroup, ScoredGroup
 
 log = logging.getLogger(__name__)
+
+MIN_CLAIM_IDLE_MS = 200
+"""The smallest ``claim_idle_ms`` a service that generates under leases supports (the rollout
+service validates it).  Renewals come every quarter of it, each one Redis round trip on a
+connection of their own, from a thread that does nothing else; what can still delay that thread
+is the machine: on a 2-core box shared with a vLLM engine core, builds and another replica, gaps
+of 50-100 ms between renewals were measured under load (BENCHMARKS.md, "Leases that fence").
+At 200 ms a lapse needs a stall of ~150 ms past a 50 ms tick.  Below it, leases lapse under
+ordinary load: fencing still keeps every prompt written once, but each lapse throws away a
+generation and counts a delivery, and an entry that lapses ``max_deliveries`` times is
+dead-lettered although nothing was wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,17 @@ class Bus(Protocol):
         """Reset the idle time of the entries ``consumer`` still owns; returns how many it owns."""
         ...
 
+    def renew_owned(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> list[str]:
+        """Like :meth:`renew`, in one atomic step, returning the ids ``consumer`` still owns
+        (and has just renewed); the others were taken over, or finished, by someone else."""
+        ...
+
+    def publish_and_ack(self, stream: str, msg: PromptMsg | RolloutGroup | ScoredGroup, entry: Entry, group: str,
+                        consumer: str) -> str | None:
+        """Write ``msg`` to ``stream`` and acknowledge ``entry``, in one atomic step, if ``consumer``
+        still owns ``entry``; returns the new entry's id, or None (nothing written: the lease was lost)."""
+        ...
+
     def release(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> None:
         """Make entries ``consumer`` holds reclaimable at once (after a failure), by anyone."""
         ...
@@ -103,22 +133,39 @@ class Bus(Protocol):
 
 
 class Leases:
-    """The entries one consumer holds, renewed every ``interval_s`` by a daemon thread.
+    """The entries one consumer holds, renewed every ``interval_s`` by a thread that does nothing else.
 
-    ``hold`` when an entry is read, ``drop`` when it is acknowledged, dead-lettered or released.
+    ``hold`` an entry as soon as it is read (in the thread that read it, not after the batch has
+    been decoded and submitted), ``drop`` it when it is acknowledged, dead-lettered or released.
     The default interval is a quarter of ``claim_idle_ms``: three renewals can be missed (a long
-    GC pause, a slow Redis) before anyone may take the entry over.
+    GC pause, a slow Redis) before anyone may take the entry over.  The thread keeps its rhythm
+    (each tick is scheduled from the previous one, not from when the last renewal ended) and
+    uses ``bus.lease_bus()`` when the bus has one: a Redis connection of its own with a timeout
+    under the lease, so a renewal never queues behind a blocking read or a large write.
+
+    Each renewal is one atomic step (``renew_owned``).  Entries found owned by someone else are
+    *lost*: they leave the held set at once (reported once, not on every tick) and go to
+    ``on_lost(stream, ids)``, called on this thread -- the consumer aborts that work there.
+    Without ``on_lost`` one warning is logged per loss.  ``last_renewed`` (monotonic seconds) and
+    ``on_renewal(gap_s)`` tell how long the leases actually went between renewals.
     """
 
-    def __init__(self, bus: Bus, group: str, consumer: str, interval_s: float | None = None):
+    def __init__(self, bus: Bus, group: str, consumer: str, interval_s: float | None = None,
+                 on_lost: Callable[[str, list[str]], None] | None = None,
+                 on_renewal: Callable[[float], None] | None = None):
         self.bus, self.group, self.consumer = bus, group, consumer
         self.interval_s = interval_s if interval_s is not None else bus.claim_idle_ms / 4000
+        self.on_lost, self.on_renewal = on_lost, on_renewal
         self._held: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renewer: Bus | None = None
         self.renewals = 0
         self.lost = 0  # entries we held that someone else owns now (our lease had lapsed)
+        self.last_renewed = time.monotonic()  # the last renewal that reached the bus (or had nothing to renew)
+        self.max_gap_s = 0.0  # the longest time between two such renewals, since start
+        self._failing = False
 
     def hold(self, stream: str, *ids: str) -> None:
         with self._lock:
@@ -132,28 +179,68 @@ class Leases:
         with self._lock:
             return set(self._held.get(stream, ()))
 
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(ids) for ids in self._held.values())
+
+    def since_renewed(self) -> float:
+        return time.monotonic() - self.last_renewed
+
+    def _bus_for_renewals(self) -> Bus:
+        if self._renewer is None:
+            make = getattr(self.bus, "lease_bus", None)
+            self._renewer = make(timeout_s=max(0.05, self.interval_s * 2)) if make is not None else self.bus
+        return self._renewer
+
     def renew_now(self) -> None:
+        """Renew every held entry once; report those another consumer owns now."""
         with self._lock:
             snapshot = {s: list(ids) for s, ids in self._held.items() if ids}
+        bus = self._bus_for_renewals()
         for stream, ids in snapshot.items():
-            owned = self.bus.renew(stream, self.group, self.consumer, ids)
+            owned = set(bus.renew_owned(stream, self.group, self.consumer, ids))
             self.renewals += 1
-            if owned < len(ids):
-                self.lost += len(ids) - owned
-                log.warning("%s: %d of %d held entries of %s are owned by another consumer now",
-                            self.consumer, len(ids) - owned, len(ids), stream)
+            gone = [i for i in ids if i not in owned]
+            if not gone:
+                continue
+            with self._lock:  # dropped meanwhile (acknowledged by us) is not a loss
+                held = self._held.get(stream, set())
+                lost = [i for i in gone if i in held]
+                held.difference_update(lost)
+            if not lost:
+                continue
+            self.lost += len(lost)
+            if self.on_lost is not None:
+                self.on_lost(stream, lost)
+            else:
+                log.warning("%s lost the lease on %d of %d held entries of %s (another consumer owns them now): %s",
+                            self.consumer, len(lost), len(ids), stream, " ".join(lost[:8]) + (" ..." if len(lost) > 8 else ""))
+        now = time.monotonic()
+        gap, self.last_renewed = now - self.last_renewed, now
+        self.max_gap_s = max(self.max_gap_s, gap)
+        if self.on_renewal is not None:
+            self.on_renewal(gap)
 
     def start(self) -> Leases:
+        self.last_renewed = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"leases-{self.group}", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        next_tick = time.monotonic() + self.interval_s
+        while not self._stop.wait(max(0.0, next_tick - time.monotonic())):
             try:
                 self.renew_now()
+                if self._failing:
+                    log.info("%s: renewing leases works again", self.consumer)
+                self._failing = False
             except Exception:  # a passing Redis failure: the next tick tries again, well before the lease lapses
-                log.exception("renewing leases failed")
+                if not self._failing:  # once per outage, not every tick
+                    log.exception("%s: renewing leases failed; retrying every %.0f ms", self.consumer, self.interval_s * 1000)
+                self._failing = True
+            # keep the rhythm; after a stall renew at once, then every interval from now (no burst)
+            next_tick = max(next_tick + self.interval_s, time.monotonic())
 
     def stop(self) -> None:
         self._stop.set()

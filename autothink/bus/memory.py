@@ -97,13 +97,30 @@ class MemoryBus:
                 self.groups[(stream, group)].pending.pop(i, None)
 
     def renew(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> int:
+        return len(self.renew_owned(stream, group, consumer, ids))
+
+    def renew_owned(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> list[str]:
         with self._cond:
-            g, n = self.groups[(stream, group)], 0
+            g, owned = self.groups[(stream, group)], []
             for i in ids:
                 p = g.pending.get(i)
                 if p is not None and p.consumer == consumer:
-                    p.delivered_at, n = self.clock(), n + 1
-            return n
+                    p.delivered_at = self.clock()
+                    owned.append(i)
+            return owned
+
+    def publish_and_ack(self, stream: str, msg: PromptMsg | RolloutGroup | ScoredGroup, entry: Entry, group: str,
+                        consumer: str) -> str | None:
+        """Write and acknowledge under one lock, only while ``consumer`` owns ``entry`` (as the
+        Redis bus does in one Lua step)."""
+        with self._cond:
+            g = self.groups[(entry.stream, group)]
+            p = g.pending.get(entry.id)
+            if p is None or p.consumer != consumer:
+                return None
+            new_id = self.add(stream, encode(msg))  # the condition's lock is re-entrant
+            del g.pending[entry.id]
+            return new_id
 
     def release(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> None:
         with self._cond:

@@ -6,6 +6,10 @@ another consumer takes it over with XAUTOCLAIM.  Outputs can therefore be writte
 final consumer de-duplicates by group id.  Live owners renew their entries (XCLAIM with JUSTID
 resets the idle time without counting a delivery), so only a dead owner's work is taken over,
 and XPENDING's delivery counter bounds the retries (the rules are in :mod:`autothink.bus.base`).
+Ownership is checked on the server, in Lua, so no other client's command can come between the
+check and the action: a renewal renews only what the consumer still owns, and a consumer's output
+is written (XADD) and its input acknowledged (XACK) only while it owns the input -- the fencing
+that keeps an entry whose lease lapsed from being written twice.
 Streams are trimmed (approximate MAXLEN) so Redis memory stays bounded, every call retries lost
 connections with exponential backoff, and consumer groups lost with a Redis restart are re-created."""
 
@@ -27,6 +31,38 @@ __all__ = ["BusAuthError", "Entry", "RedisBus", "StreamNames"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# KEYS[1] stream; ARGV: group, consumer, ids...  Renews (XCLAIM JUSTID: no delivery counted) the
+# ids the consumer owns, checked in the same step, and returns them.  A separate XPENDING and
+# XCLAIM would let another consumer's take-over fall between the two and be stolen back.
+_RENEW_OWNED = """
+local claim = {KEYS[1], ARGV[1], ARGV[2], 0}
+local owned = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    owned[#owned + 1] = ARGV[i]
+    claim[#claim + 1] = ARGV[i]
+  end
+end
+if #owned > 0 then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(claim))
+end
+return owned
+"""
+
+# KEYS[1] input stream, KEYS[2] output stream; ARGV: group, consumer, input id, maxlen, field, value, ...
+# Writes the output and acknowledges the input only if the consumer still owns the input: once
+# another consumer has taken it over (our lease lapsed), nothing is written -- and once written,
+# the input is acknowledged in the same step, so no later take-over can write it again.
+_PUBLISH_AND_ACK = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] or p[1][2] ~= ARGV[2] then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return id
+"""
+
 
 class RedisBus:
     """The :class:`autothink.bus.base.Bus` operations on one Redis connection pool."""
@@ -41,6 +77,7 @@ class RedisBus:
         client: redis.Redis | None = None,
         max_deliveries: int = 5,
     ):
+        self.url = url
         self.client = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
         self.names = StreamNames(run_id)
         self.max_stream_len = max_stream_len
@@ -48,6 +85,8 @@ class RedisBus:
         self.max_deliveries = max_deliveries
         self.retries = retries
         self._groups: set[tuple[str, str]] = set()  # re-created if Redis loses them (a restart without its data)
+        self._renew_owned = self.client.register_script(_RENEW_OWNED)
+        self._publish_and_ack = self.client.register_script(_PUBLISH_AND_ACK)
 
     # -- resilience
     def _call(self, fn: Callable[[], T]) -> T:
@@ -130,14 +169,40 @@ class RedisBus:
     def renew(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> int:
         """Reset the idle time of those of ``ids`` that ``consumer`` still owns (XCLAIM JUSTID: no
         delivery is counted).  Entries another consumer took over are left alone."""
-        want = set(ids)
-        if not want:
-            return 0
-        mine = self._call(lambda: self.client.xpending_range(stream, group, min="-", max="+", count=max(len(want) * 4, 1000), consumername=consumer))
-        owned = [r["message_id"] for r in mine if _id(r["message_id"]) in want]
-        if owned:
-            self._call(lambda: self.client.xclaim(stream, group, consumer, min_idle_time=0, message_ids=owned, justid=True))
-        return len(owned)
+        return len(self.renew_owned(stream, group, consumer, ids))
+
+    def renew_owned(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> list[str]:
+        """:meth:`renew`, returning the ids still owned, checked and renewed in one step on the server."""
+        ids, owned = list(ids), []
+        for k in range(0, len(ids), 1000):  # Lua's unpack() is bounded by its C stack (8000)
+            chunk = ids[k:k + 1000]
+            owned += self._call(lambda: self._renew_owned(keys=[stream], args=[group, consumer, *chunk])) or []
+        return [_id(i) for i in owned]
+
+    def publish_and_ack(self, stream: str, msg: PromptMsg | RolloutGroup | ScoredGroup, entry: Entry, group: str,
+                        consumer: str) -> str | None:
+        """Write ``msg`` to ``stream`` and XACK ``entry`` in one step, only while ``consumer`` owns
+        ``entry``; None when it does not (its lease lapsed and another consumer took it, or it is
+        already acknowledged): then nothing was written."""
+        flat: list[Any] = []
+        for k, v in encode(msg).items():
+            flat += [k, v]
+        new_id = self._call(lambda: self._publish_and_ack(
+            keys=[entry.stream, stream], args=[group, consumer, entry.id, self.max_stream_len, *flat]))
+        return None if new_id is None else _id(new_id)
+
+    def lease_bus(self, timeout_s: float = 1.0) -> RedisBus:
+        """A bus on a Redis connection of its own, for a lease-renewal thread: a renewal must not
+        wait for a pool connection, behind a blocking XREADGROUP or a large XADD, and must give up
+        (and try again on the next tick) well before the lease lapses, rather than retry with
+        back-off for seconds.  Falls back to this bus's client when it was built from one."""
+        if not self.url:
+            return self
+        client = redis.Redis.from_url(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      single_connection_client=True)
+        bus = RedisBus(self.url, self.names.run_id, self.max_stream_len, self.claim_idle_ms, retries=0, client=client,
+                       max_deliveries=self.max_deliveries)
+        return bus
 
     def release(self, stream: str, group: str, consumer: str, ids: Iterable[str]) -> None:
         """Mark entries as idle for ``claim_idle_ms`` already, so the next read (anyone's) retries them."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from autothink.bus.base import MIN_CLAIM_IDLE_MS
 from autothink.config import RedisConfig, Strict, WeightSyncConfig
 
 
@@ -30,3 +31,14 @@ class RolloutServiceConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     host: str = "127.0.0.1"
     port: int = Field(8002, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _leases_can_keep_up(self) -> RolloutServiceConfig:
+        ms = self.redis.claim_idle_ms
+        if ms < MIN_CLAIM_IDLE_MS:
+            raise ValueError(
+                f"redis.claim_idle_ms is {ms} ms; the rollout service needs at least {MIN_CLAIM_IDLE_MS} ms: its leases are "
+                f"renewed every quarter of it ({ms / 4:.0f} ms here), and a loaded machine delays a renewal by up to ~"
+                f"{MIN_CLAIM_IDLE_MS // 2} ms, so shorter leases lapse while their prompts are generated -- each lapse aborts "
+                "a generation, counts a delivery and can dead-letter a good prompt (autothink/bus/base.py, MIN_CLAIM_IDLE_MS)")
+        return self

@@ -9,10 +9,19 @@ prime-rl's orchestrator), the worker runs vLLM's async engine and keeps up to
 rollouts stream (then acknowledged) the moment its last sample ends, and the freed slot admits
 the next prompt at once.
 
-* **Leases.**  Every entry in flight is renewed on a timer (:class:`autothink.bus.base.Leases`),
-  so another replica takes it over only if this one dies.  An entry that fails is retried or
-  dead-lettered alone (:func:`autothink.bus.base.settle_failure`); a prompt that cannot fit the
-  context is dead-lettered at once.
+* **Leases that fence.**  An entry is held from the moment it is read: the reading thread adds it
+  to the lease set, and a thread that does nothing else renews the set every quarter of
+  ``claim_idle_ms`` on a Redis connection of its own (:class:`autothink.bus.base.Leases`), so
+  tokenising and submitting a large batch on a busy event loop cannot make the first renewal late.
+  Another replica takes an entry over only if this one stops renewing (dies, freezes, starves).
+  If that happens while this replica still works on it, the renewal reports the loss and the
+  prompt's request is aborted in the engine at once; and the group is written with
+  ``publish_and_ack`` -- ownership check, XADD and XACK in one Lua step -- so a group whose lease
+  lapsed after the last renewal (a process frozen with SIGSTOP, say) is dropped, never written.
+  Two live replicas therefore never publish the same prompt twice, at any ``claim_idle_ms``;
+  lost leases are counted (``autothink_rollout_leases_lost_total``) with one log line per loss.
+  An entry that fails is retried or dead-lettered alone (:func:`autothink.bus.base.settle_failure`);
+  a prompt that cannot fit the context is dead-lettered at once.
 * **Weights at a safe point.**  A new version from the learner is applied between requests:
   ``drain`` stops admitting and lets the requests in flight finish first; ``abort`` aborts them
   and regenerates them with the new weights.  Either way a group is stamped with the one policy
@@ -37,7 +46,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from autothink.bus.base import BusAuthError, Entry, Leases, settle_failure
+from autothink.bus.base import Bus, BusAuthError, Entry, Leases, settle_failure
 from autothink.bus.messages import PromptMsg, RolloutGroup, Sample
 from autothink.bus.streams import RedisBus
 from autothink.prompting import build_prompt
@@ -66,6 +75,21 @@ class RolloutMetrics:
             "autothink_rollout_group_seconds", "From admission to the group being written", registry=registry,
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
         )
+        self.leases_lost = Counter(
+            "autothink_rollout_leases_lost_total",
+            "Prompts another replica took over while this one worked on them (our lease had lapsed): aborted, nothing written",
+            registry=registry)
+        self.lease_interval = Gauge("autothink_rollout_lease_renew_interval_seconds", "How often held prompts are renewed",
+                                    registry=registry)
+        self.lease_gap = Histogram(
+            "autothink_rollout_lease_renewal_gap_seconds", "Time between two successful lease renewals", registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.8, 1.6, 5, 15, 60),
+        )
+        self.lease_since = Gauge("autothink_rollout_lease_since_renewal_seconds", "Time since the last successful lease renewal",
+                                 registry=registry)
+        self.lease_max_gap = Gauge("autothink_rollout_lease_max_gap_seconds",
+                                   "Longest time between two successful lease renewals since start", registry=registry)
+        self.leases_held = Gauge("autothink_rollout_leases_held", "Prompt entries this replica holds leases on", registry=registry)
 
 
 @dataclass
@@ -73,6 +97,8 @@ class _Job:
     entry: Entry
     msg: PromptMsg
     admitted: float = 0.0
+    fenced: bool = False  # our lease was lost: abort, write nothing
+    publishing: bool = False  # generated; the atomic publish (which checks the lease itself) is under way
 
 
 class PromptTooLong(ValueError):
@@ -80,13 +106,19 @@ class PromptTooLong(ValueError):
 
 
 class RolloutWorker:
-    def __init__(self, cfg: RolloutServiceConfig, registry: CollectorRegistry | None = None):
+    def __init__(self, cfg: RolloutServiceConfig, registry: CollectorRegistry | None = None, bus: Bus | None = None):
         self.cfg = cfg
         self.consumer = cfg.consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.bus = RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms,
-                            max_deliveries=cfg.redis.max_deliveries)
-        self.leases = Leases(self.bus, GROUP, self.consumer)
+        self.bus: Any = bus or RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms,
+                                        max_deliveries=cfg.redis.max_deliveries)
         self.metrics = RolloutMetrics(registry or CollectorRegistry())
+        self.leases = Leases(self.bus, GROUP, self.consumer, on_lost=self._lease_lost,
+                             on_renewal=self.metrics.lease_gap.observe)
+        self.metrics.lease_interval.set(self.leases.interval_s)
+        self.metrics.lease_since.set_function(self.leases.since_renewed)
+        self.metrics.lease_max_gap.set_function(lambda: self.leases.max_gap_s)
+        self.metrics.leases_held.set_function(self.leases.count)
+        self.leases_lost = 0
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.engine: Any = None
@@ -99,7 +131,9 @@ class RolloutWorker:
         self._pending_weights: tuple[int, str, float] | None = None  # version, file, arrival time
         self._lock = threading.Lock()
         self._follower: Any = None
+        self._jobs: dict[str, _Job] = {}  # entry id -> every job from its read until it is written, failed or fenced
         self._generating: dict[str, asyncio.Task] = {}  # entry id -> its request's task
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: list[_Job] = []  # need a newer policy version
         self._requeue: list[_Job] = []  # aborted for a weight update
         self._wake: asyncio.Event | None = None
@@ -121,6 +155,8 @@ class RolloutWorker:
             "inflight": len(self._generating), "waiting_for_version": len(self._waiting),
             "engine": "dead" if self.engine is not None and getattr(self.engine, "errored", False) else ("ready" if self.engine else "starting"),
             "loop_failures": self.failures, "weight_failures": self.weight_failures,
+            "leases": {"held": self.leases.count(), "lost": self.leases_lost,
+                       "since_renewal_s": round(self.leases.since_renewed(), 3), "max_gap_s": round(self.leases.max_gap_s, 3)},
         }
         if self._follower is not None:
             info["weights"] = self._follower.status()
@@ -206,19 +242,22 @@ class RolloutWorker:
         text = m.prompt or build_prompt(m.problem, m.strategy, self.tokenizer)  # type: ignore[arg-type]
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    async def _generate(self, job: _Job) -> RolloutGroup:
+    def _sampling_params(self, m: PromptMsg, room: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        return SamplingParams(
+            n=m.n, temperature=m.temperature, top_p=m.top_p, max_tokens=min(m.max_tokens, room), logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def _generate(self, job: _Job) -> RolloutGroup:
         m = job.msg
         prompt_ids = await asyncio.to_thread(self._prompt_ids, m)  # a long prompt must not stall the loop
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; the engine's context is {self.max_model_len}")
-        params = SamplingParams(
-            n=m.n, temperature=m.temperature, top_p=m.top_p, max_tokens=min(m.max_tokens, room), logprobs=0,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        params = self._sampling_params(m, room)
         version = self.policy_version  # nothing changes the weights while this request runs (safe points only)
         final = None
         async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, f"{job.entry.id}-{uuid.uuid4().hex[:8]}"):
@@ -234,39 +273,101 @@ class RolloutWorker:
         return RolloutGroup(m, version, samples, prompt_ids, self.consumer)
 
     async def _run_job(self, job: _Job) -> None:
-        """Generate one group, write it, then acknowledge; a failure concerns this entry alone."""
+        """Generate one group, then write it and acknowledge the prompt in one step, if the lease is
+        still ours; a failure concerns this entry alone."""
         names = self.bus.names
         try:
             group = await self._generate(job)
         except asyncio.CancelledError:
             if self.stop.is_set():
                 raise
+            if job.fenced:
+                return  # another replica owns the prompt now: the request is aborted, nothing is written
             self._requeue.append(job)  # aborted for a weight update: generate again with the new weights
             self.metrics.requeued.inc()
             return
         except Exception as e:  # noqa: BLE001
+            if job.fenced:
+                return
             if getattr(self.engine, "errored", False):
                 log.error("the engine died while generating %s; the entry stays pending for another replica", job.entry.id)
                 return
             if isinstance(e, PromptTooLong):
                 job.entry.deliveries = self.bus.max_deliveries  # retrying cannot help
+            self.leases.drop(names.prompts, job.entry.id)  # before a release, which a renewal would undo
+            self._jobs.pop(job.entry.id, None)
             dead = await asyncio.to_thread(settle_failure, self.bus, job.entry, GROUP, self.consumer, e)
             self.metrics.dead.inc(int(dead))
-            self.leases.drop(names.prompts, job.entry.id)
             return
         finally:
             self._generating.pop(job.entry.id, None)
             if self._wake is not None:
                 self._wake.set()
-        await asyncio.to_thread(self.bus.publish, names.rollouts, group)  # write first ...
-        await asyncio.to_thread(self.bus.ack, names.prompts, GROUP, job.entry.id)  # ... then acknowledge
+        if job.fenced:
+            return
+        job.publishing = True
+        try:
+            written = await asyncio.to_thread(self.bus.publish_and_ack, names.rollouts, group, job.entry, GROUP, self.consumer)
+        except Exception:  # Redis gone for longer than the bus retries: the prompt stays pending, and is reclaimed
+            log.exception("writing group %s failed; its prompt is left to lapse and be generated again", group.group_id)
+            written = ""
         self.leases.drop(names.prompts, job.entry.id)
+        self._jobs.pop(job.entry.id, None)
+        if written is None:  # the lease lapsed after the last renewal: another replica owns the prompt
+            self._count_lost([job], "found at the write")
+            return
+        if not written:
+            return
         self.metrics.groups.inc()
         self.metrics.group_seconds.observe(time.monotonic() - job.admitted)
         if self.first_group_at is None:
             self.first_group_at = time.monotonic()
         log.info("wrote group %s (policy version %d, %d tokens)", group.group_id, group.policy_version,
                  sum(len(s.token_ids) for s in group.samples))
+
+    # ------------------------------------------------------------------ fencing
+    def _lease_lost(self, stream: str, ids: list[str]) -> None:
+        """Lease thread: a renewal found these held prompts owned by another consumer.  The work on
+        them stops on the event loop (the only thread that touches jobs)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._fence, ids)
+        except RuntimeError:  # the loop closed meanwhile: shutting down
+            pass
+
+    def _fence(self, ids: list[str]) -> None:
+        """Abort the prompts whose lease was lost: cancel their requests (the engine aborts them),
+        forget the ones still waiting; write nothing for any of them."""
+        fenced = []
+        for i in ids:
+            job = self._jobs.get(i)
+            if job is None or job.fenced:
+                continue  # written (and acknowledged by us) just before the renewal: not a loss
+            if job.publishing:
+                continue  # the atomic write checks the lease itself and counts a loss if it finds one
+            job.fenced = True
+            fenced.append(job)
+            self._jobs.pop(i, None)
+            self.leases.drop(self.bus.names.prompts, i)
+            task = self._generating.get(i)
+            if task is not None:
+                task.cancel()  # AsyncLLM aborts a cancelled request in the engine
+        if fenced:
+            self._waiting = [j for j in self._waiting if not j.fenced]
+            self._requeue = [j for j in self._requeue if not j.fenced]
+            self._count_lost(fenced, "found by a renewal")
+            if self._wake is not None:
+                self._wake.set()
+
+    def _count_lost(self, jobs: list[_Job], how: str) -> None:
+        self.leases_lost += len(jobs)
+        self.metrics.leases_lost.inc(len(jobs))
+        names = [j.msg.group_id for j in jobs]
+        log.warning("lost the lease on %d prompt(s) (%s; another replica owns them now, %.0f ms since our last renewal): "
+                    "aborted, nothing written for %s", len(jobs), how, self.leases.since_renewed() * 1000,
+                    " ".join(names[:8]) + (" ..." if len(names) > 8 else ""))
 
     def _count_tokens(self, n: int) -> None:
         now = time.monotonic()
@@ -293,8 +394,17 @@ class RolloutWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._apply_pending_weights()
 
+    def _read_and_hold(self, count: int, block_ms: int) -> list[Entry]:
+        """Reading thread: the entries are held (renewed from now on) before the event loop gets them."""
+        entries = self.bus.read(self.bus.names.prompts, GROUP, self.consumer, count, block_ms)
+        self.leases.hold(self.bus.names.prompts, *(e.id for e in entries))
+        return entries
+
     async def _read(self, count: int, block_ms: int) -> list[Entry]:
-        return await asyncio.to_thread(self.bus.read, self.bus.names.prompts, GROUP, self.consumer, count, block_ms)
+        return await asyncio.to_thread(self._read_and_hold, count, block_ms)
+
+    def _decode_all(self, entries: list[Entry]) -> list[PromptMsg | None]:
+        return [self.bus.decode_or_dead_letter(e, "prompt", GROUP, self.consumer) for e in entries]
 
     async def _step(self) -> None:
         names = self.bus.names
@@ -317,14 +427,16 @@ class RolloutWorker:
             return
         # block briefly only when idle: with requests in flight the loop must come back to finish them
         entries = await self._read(free, 10 if self._generating else 200)
-        self.leases.hold(names.prompts, *(e.id for e in entries))
-        for entry in entries:
-            msg = await asyncio.to_thread(self.bus.decode_or_dead_letter, entry, "prompt", GROUP, self.consumer)
+        # our own lapsed lease taken back by our own read: the job for it is still running (and ours again)
+        entries = [e for e in entries if e.id not in self._jobs]
+        msgs = await asyncio.to_thread(self._decode_all, entries) if entries else []
+        for entry, msg in zip(entries, msgs):
             if msg is None:
                 self.metrics.dead.inc()
                 self.leases.drop(names.prompts, entry.id)
                 continue
             job = _Job(entry, msg)
+            self._jobs[entry.id] = job
             if msg.min_policy_version > self.policy_version:
                 self._waiting.append(job)  # bounded staleness: never sample it with older weights
             else:
@@ -336,6 +448,7 @@ class RolloutWorker:
 
     async def _serve(self) -> None:
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.bus.ensure_group, self.bus.names.prompts, GROUP)
         self._start_engine()
         self.leases.start()
