@@ -5,7 +5,9 @@ the error handlers.
 
 Every refusal is a 4xx with an OpenAI-style JSON error (``{"error": {"message", "type", "param",
 "code"}}``): bad JSON or fields (400), a missing or wrong API key (401), an unknown model (404),
-a body over the size limit (413), too many requests in flight (429), a model still loading or
+a body that does not arrive in time (408), a body over the size
+limit (413), a field that would change the result and is not supported (400 naming it), too many
+requests in flight (429), a model still loading or
 unhealthy (503).  A failure inside the gateway is a 500 whose message holds the request id (also
 in the ``X-Request-Id`` header of every response) and nothing internal; the log has the traceback.
 """
@@ -39,34 +41,70 @@ _COUNTED = ("/generate", "/v1/chat/completions", "/v1/completions", "/v1/models"
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before any handler reads it."""
+    """ASGI middleware: reads the whole request body before any handler runs, so that
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    * a body over ``limit`` bytes gets 413 whether it announced its length or came in chunks (#39:
+      a chunked 10 MB body got 400, as FastAPI turned the error raised while it read into a parse
+      error), and reading stops there;
+    * a body that does not arrive within ``timeout_s`` of the headers gets 408 and the connection is
+      closed (#39: a body sent at one byte every 3 s held its connection for as long as it went on;
+      the header deadline of server.py ends where the body begins).
+
+    The handler then receives the body in one message, and after it the connection's own messages
+    (``http.disconnect``), which the routes watch to abort a departed client's generation."""
+
+    def __init__(self, app: Any, limit: int, timeout_s: float = 30.0):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        too_big = ApiError(413, f"request body is larger than {self.limit} bytes", code="request_too_large")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await JSONResponse(too_big.body(), status_code=413)(scope, receive, send)
+            return await self._refuse(413, f"request body is larger than {self.limit} bytes", "request_too_large", scope, receive, send)
+        chunks: list[bytes] = []
         seen = 0
+        early: dict | None = None  # a disconnect while reading, handed on as is
 
-        async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+        async def read() -> None:
+            nonlocal seen, early
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    early = message
+                    return
+                body = message.get("body", b"")
+                seen += len(body)
                 if seen > self.limit:
                     raise _BodyTooLarge()
-            return message
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    return
 
         try:
-            await self.app(scope, limited, send)
+            await asyncio.wait_for(read(), self.timeout_s)
         except _BodyTooLarge:
-            await JSONResponse(too_big.body(), status_code=413)(scope, receive, send)
+            return await self._refuse(413, f"request body is larger than {self.limit} bytes", "request_too_large", scope, receive, send)
+        except TimeoutError:
+            return await self._refuse(408, f"the request body did not arrive within {self.timeout_s:g} s", "request_timeout",
+                                      scope, receive, send)
+        replay: dict | None = early or {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replayed() -> dict:
+            nonlocal replay
+            if replay is not None:
+                message, replay = replay, None
+                return message
+            return await receive()
+
+        await self.app(scope, replayed, send)
+
+    @staticmethod
+    async def _refuse(status: int, message: str, code: str, scope: dict, receive: Callable, send: Callable) -> None:
+        # Connection: close, as the rest of the body is not read
+        await JSONResponse(ApiError(status, message, code=code).body(), status_code=status,
+                           headers={"Connection": "close"})(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -135,12 +173,14 @@ def create_app(cfg: GatewayConfig, engine: Any, registry: CollectorRegistry | No
         version="2",
         description="Serves an adaptive-thinking R1-style model: POST /generate and an OpenAI-compatible /v1 API.",
         lifespan=lifespan,
+        # /openapi.json, /docs and /redoc are routes of their own, behind the API key (routes.py)
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
     app.state.gateway = Gateway.build(cfg, engine, metrics)
     app.state.metrics = metrics
     app.state.slots = app.state.gateway.slots
     app.include_router(router)
-    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes, timeout_s=cfg.body_timeout_s)
     app.add_middleware(RequestIds, metrics=metrics)  # outermost: every answer, a 413 included, has an id
 
     @app.exception_handler(ApiError)

@@ -139,6 +139,7 @@ class VLLMEngine:
         self._tmp: Path | None = None
         self._swap_lock: asyncio.Lock | None = None
         self.max_token_chars: int | None = None
+        self.vocab_size: int | None = None  # the model's: stop_token_ids beyond it are refused (vLLM would index past its logits)
         self._warm = False
         self._calls = 0  # engine calls in flight
         self._waiting: dict[str, asyncio.Future[float]] = {}  # first-step probabilities to collect
@@ -162,6 +163,8 @@ class VLLMEngine:
             return self.error
         if self.engine is not None and self.engine.errored:
             return "the engine process died; restart the gateway"
+        if self._follower is not None and getattr(self._follower, "fatal", None):
+            return f"{self._follower.fatal}: set the follow token to the learner's weights.token and restart the gateway"
         if self._follower is not None and not self._follower.healthy:
             return f"the weight follower is failing ({self._follower.status().get('last_error')}); restart the gateway"
         if self._calls and time.monotonic() - self._last_progress > self.cfg.stall_timeout_s:
@@ -230,6 +233,7 @@ class VLLMEngine:
         # that cannot fit the context before tokenising them
         self.max_token_chars = max(len(t) for t in tok.get_vocab())
         self.max_model_len = engine.model_config.max_model_len
+        self.vocab_size = engine.model_config.get_vocab_size()
         self.engine = engine
 
     def close(self) -> None:
@@ -257,6 +261,12 @@ class VLLMEngine:
         extra: dict[str, Any] = {}
         if _PARAMS_HAVE.get("skip_clone"):
             extra["skip_clone"] = True  # made for this call alone: no deep copy (as `vllm serve` does)
+        # the client's vLLM extensions (protocol.py); unset ones keep vLLM's defaults
+        for name in ("repetition_penalty", "min_p"):
+            if getattr(sampling, name) is not None:
+                extra[name] = getattr(sampling, name)
+        if sampling.top_k is not None:
+            extra["top_k"] = max(sampling.top_k, 0)  # -1 and 0 both mean all tokens
         if sampling.output_interval > 1 and _PARAMS_HAVE.get("stream_interval"):
             extra["stream_interval"] = sampling.output_interval
         if sampling.probe_close or sampling.first_threshold is not None or sampling.first_route != "sample":
@@ -273,6 +283,8 @@ class VLLMEngine:
             stop_token_ids=list(sampling.stop_token_ids) or None,
             logit_bias={t: -100.0 for t in sampling.ban_token_ids} or None,
             logprobs=sampling.logprobs,
+            ignore_eos=sampling.ignore_eos,
+            min_tokens=sampling.min_tokens,
             output_kind=RequestOutputKind.DELTA,
             **extra,
         )

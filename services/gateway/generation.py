@@ -18,7 +18,11 @@ when something must override the model later on:
 * with a thinking budget, a reasoning call stops at ``</think>`` or at the budget; when the budget
   ran out, ``\\n</think>\\n\\n`` is appended for the model and it goes on to answer.  The budget
   counts every reasoning token, the forced newline included, and ``max_tokens`` counts every
-  response token, the forced ones included.
+  response token, the forced ones included;
+* ``min_tokens`` counts the choice's tokens across its calls: each call gets what is still owed
+  (vLLM then bans the end of sequence and the stop tokens), and a budgeted reasoning call that
+  still owes tokens runs just that many without ``</think>`` as its stop token, since vLLM's
+  ``min_tokens`` would ban ``</think>`` too and so decide the mode for the model.
 
 The engine sits behind :class:`Backend`, so this logic is tested with a scripted fake as well as
 with vLLM.
@@ -48,6 +52,11 @@ class Sampling:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ban_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0  # a Plan's: of the whole choice; an engine call's: of that call
+    repetition_penalty: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     logprobs: int | None = None  # per token: the sampled token's log-probability and this many top ones
     probe_close: bool = False  # measure P(</think>) at the first step, as sampled (Delta.close_probability)
     first_threshold: float | None = None  # at the first step: think iff 1 - P(</think>) >= this, else close
@@ -224,6 +233,8 @@ async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: 
             first_step = in_reasoning_prompt and not c.ids  # this call samples the mode-deciding token
             ban = route == "think" and decided and in_reasoning and not c.reasoning_has_text and not first_step
             seg = replace(s, max_tokens=remaining, seed=segment_seed(s.seed, segment))
+            owed = max(0, s.min_tokens - len(c.ids))  # min_tokens still owed by this choice
+            own_close = False  # </think> is a stop token of this call for the budget (not the client's)
             if ban:  # blank reasoning so far on the think route: the next token alone, </think> banned
                 seg = replace(seg, max_tokens=1, ban_token_ids=(*s.ban_token_ids, *enders))
             elif in_reasoning and budget is not None:
@@ -239,7 +250,14 @@ async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: 
                     if d := c.accept(forced, text):
                         yield d
                     continue
-                seg = replace(seg, max_tokens=min(remaining, cap - spent), stop_token_ids=(*s.stop_token_ids, close))
+                if owed:  # tokens still owed: just those, without </think> as a stop (see the module's notes)
+                    seg = replace(seg, max_tokens=min(remaining, cap - spent, owed))
+                elif close in s.stop_token_ids:
+                    seg = replace(seg, max_tokens=min(remaining, cap - spent))
+                else:
+                    seg = replace(seg, max_tokens=min(remaining, cap - spent), stop_token_ids=(*s.stop_token_ids, close))
+                    own_close = True
+            seg = replace(seg, min_tokens=min(owed, seg.max_tokens))
             probing = first_step and plan.probe and close_prob is None
             if first_step:  # measured and routed by the engine at the step that draws the token
                 seg = replace(seg, probe_close=probing, first_threshold=None if decided else plan.threshold,
@@ -274,14 +292,14 @@ async def generate_choice(backend: Backend, plan: Plan, index: int, request_id: 
             segment += 1
             if cut:
                 continue
-            if close in seg.stop_token_ids and c.ids and c.ids[-1] == close and c.splitter.in_reasoning:
+            if own_close and c.ids and c.ids[-1] == close and c.splitter.in_reasoning:
                 if d := c.accept([], THINK_CLOSE):  # the engine leaves a stop token's text out
                     yield d
                 stop_reason = None
                 continue
             if seg_finish == "length" and seg.max_tokens < remaining:  # a call we capped ourselves
                 continue
-            if close in seg.stop_token_ids and c.ids and c.ids[-1] == close:
+            if own_close and c.ids and c.ids[-1] == close:
                 stop_reason = None
                 continue
             finish = seg_finish or "stop"

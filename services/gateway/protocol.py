@@ -2,9 +2,21 @@
 the three serving modes and the thinking budget (as vLLM's ``entrypoints/openai/protocol.py``).
 
 ``POST /generate`` is this project's own API: unknown fields are refused, so a typo is an error.
-The OpenAI endpoints ignore fields they do not use, as OpenAI clients send many.  Every value a
-client can send is checked here, so anything the engine later refuses is the gateway's own fault
-(a 500 with a request id), never a parameter the client could have fixed.
+The OpenAI endpoints follow vLLM's server, with one rule for every field (#39: ``ignore_eos`` and
+``min_tokens`` were dropped without a word, and a load test asking 64 tokens got a median of 33):
+
+* **honoured:** OpenAI's sampling fields and vLLM's common extensions (``ignore_eos``,
+  ``min_tokens``, ``stop_token_ids``, ``repetition_penalty``, ``top_k``, ``min_p``, ``seed``)
+  reach the engine's ``SamplingParams``; they are accepted by ``POST /generate`` too;
+* **refused:** a field that would change the result and that the gateway does not implement
+  (:data:`UNSUPPORTED`: penalties on output frequency, ``logit_bias``, ``echo``, tools, structured
+  output, beam search...) is a 400 naming it — unless it carries its no-op value (``"echo": false``);
+* **ignored, and said so:** any other field (``user``, ``metadata``, ``store``, a typo) is
+  listed in the ``x-autothink-ignored-fields`` response header and logged once per name, as vLLM's
+  server logs the fields it ignores (:func:`ignored_fields`).
+
+Every value a client can send is checked here, so anything the engine later refuses is the
+gateway's own fault (a 500 with a request id), never a parameter the client could have fixed.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ Effort = Literal["none", "minimal", "low", "medium", "high"]
 STRATEGY: dict[str, str] = {"auto": "ellipsis", "think": "standard", "no_think": "no_think"}
 
 MAX_TEXT = 200_000  # characters of one prompt or message
+MAX_MESSAGES = 2048  # messages of one conversation: each costs template tokens, refused before tokenising
+MAX_STOP_TOKEN_IDS = 64
 
 
 class ApiError(Exception):
@@ -41,7 +55,7 @@ def internal_error(request_id: str) -> ApiError:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # `name` and the like: reported by ignored_fields()
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_TEXT)
 
@@ -79,12 +93,41 @@ class SamplingFields(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: Stop = Field(None, description="Up to 4 strings; generation stops before any of them.")
     stream: bool = False
+    # vLLM's sampling extensions (what guidellm and `vllm bench serve` send)
+    ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token, to max_tokens (vLLM).")
+    min_tokens: int = Field(0, ge=0, description="Response tokens before the end of sequence (or a stop token) may end it (vLLM).")
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS, description="Token ids that end the response (vLLM).")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0, description="vLLM's repetition penalty (1: none).")
+    top_k: int | None = Field(None, ge=-1, description="Sample from the k most likely tokens (-1 or 0: all).")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Drop tokens below this share of the most likely one's probability.")
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, v: Stop) -> Stop:
         _stops(v)
         return v
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _check_stop_ids(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(t < 0 for t in v):
+            raise ValueError("token ids are >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _min_fits(self) -> SamplingFields:
+        limit = getattr(self, "completion_limit", self.max_tokens)
+        if limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens={self.min_tokens} is above the token limit {limit}")
+        return self
+
+    @property
+    def changes_first_step(self) -> bool:
+        """Whether a sampling control is set that the first-step processor does not model (vLLM
+        applies penalties, top-k and min-p after logits processors): think_probability would not
+        be the probability the first token is drawn with, so it is not measured."""
+        return (self.repetition_penalty not in (None, 1.0) or self.top_k not in (None, -1, 0)
+                or self.min_p not in (None, 0.0))
 
     @property
     def stop_strings(self) -> list[str]:
@@ -115,7 +158,7 @@ class AdaptiveFields(BaseModel):
 class GenerateRequest(SamplingFields, AdaptiveFields):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     prompt: str | None = Field(None, max_length=MAX_TEXT, description="A problem; the model's instruction is appended.")
-    messages: list[Message] | None = Field(None, min_length=1, description="A conversation, instead of prompt.")
+    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES, description="A conversation, instead of prompt.")
     mode: Mode = Field("auto", description="auto: the model decides (ellipsis prompt); think; no_think.")
     add_instruction: bool = Field(True, description="Append the boxed-answer instruction to `prompt`.")
 
@@ -125,28 +168,83 @@ class GenerateRequest(SamplingFields, AdaptiveFields):
             raise ValueError("give exactly one of `prompt` or `messages`")
         if self.think_threshold is not None and self.mode != "auto":
             raise ValueError("think_threshold applies to mode=auto only")
+        if self.think_threshold is not None and self.changes_first_step:
+            raise ValueError(_THRESHOLD_WITH_FIRST_STEP_CONTROLS)
         return self
 
     def resolved_mode(self) -> Mode:
         return "no_think" if self.reasoning_effort == "none" and self.mode == "auto" else self.mode
 
 
+_THRESHOLD_WITH_FIRST_STEP_CONTROLS = ("think_threshold cannot be combined with repetition_penalty, top_k or min_p: the "
+                                       "think probability is measured before vLLM applies them")
+
+
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # continuous_usage_stats and the like: reported by ignored_fields()
     include_usage: bool = False
 
 
 class ChatTemplateKwargs(BaseModel):
-    """The part of ``chat_template_kwargs`` the gateway reads; other keys are ignored."""
+    """The part of ``chat_template_kwargs`` the gateway reads; other keys are reported as ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     thinking: Literal["auto", "on", "off"] | bool | None = Field(None, description="auto, on (think), off (no_think), or a bool.")
 
 
+def _off(v: Any) -> bool:
+    return v is None or v is False or v == 0 or v == [] or v == {} or v == ""
+
+
+#: Fields of OpenAI's API or vLLM's that would change the result and that this gateway does not
+#: implement, each with the test of its no-op value (sent by clients that fill in every default).
+UNSUPPORTED: dict[str, Any] = {
+    "frequency_penalty": _off, "presence_penalty": _off, "logit_bias": _off, "echo": _off, "suffix": _off,
+    "best_of": lambda v: v in (None, 1), "use_beam_search": _off, "length_penalty": lambda v: v in (None, 1, 1.0),
+    "response_format": lambda v: v is None or v == {"type": "text"}, "structured_outputs": _off,
+    "guided_json": _off, "guided_regex": _off, "guided_choice": _off, "guided_grammar": _off,
+    "tools": _off, "functions": _off, "tool_choice": lambda v: v in (None, "none", "auto"),
+    "function_call": lambda v: v in (None, "none", "auto"), "prediction": _off, "audio": _off,
+    "modalities": lambda v: v is None or v == ["text"], "prompt_logprobs": _off, "allowed_token_ids": _off,
+    "bad_words": _off, "include_stop_str_in_output": _off, "skip_special_tokens": lambda v: v in (None, True),
+    "spaces_between_special_tokens": lambda v: v in (None, True), "truncate_prompt_tokens": _off,
+    "add_generation_prompt": lambda v: v in (None, True), "continue_final_message": _off, "add_special_tokens": _off,
+    "chat_template": _off, "documents": _off, "return_tokens_as_token_ids": _off, "logprob_token_ids": _off,
+    "mm_processor_kwargs": _off, "web_search_options": _off, "top_a": _off,
+}
+
+
+def _extras(model: BaseModel | None, prefix: str = "") -> list[str]:
+    return [prefix + k for k in (model.model_extra or {})] if model is not None and model.model_extra else []
+
+
+def ignored_fields(req: BaseModel) -> list[str]:
+    """The request's fields the gateway does not use, sorted (nested ones dotted: ``messages.name``);
+    a field of :data:`UNSUPPORTED` with a value that matters is a 400 naming it instead.
+
+    >>> ignored_fields(ChatCompletionRequest(messages=[{"role": "user", "content": "q", "name": "ann"}], user="u1", echo=False))
+    ['echo', 'messages.name', 'user']
+    >>> ignored_fields(CompletionRequest(prompt="q", echo=True))
+    Traceback (most recent call last):
+    ...
+    services.gateway.protocol.ApiError: echo=True is not supported by this gateway
+    """
+    top = req.model_extra or {}
+    for name, neutral in UNSUPPORTED.items():
+        if name in top and not neutral(top[name]):
+            raise ApiError(400, f"{name}={top[name]!r} is not supported by this gateway"[:300], param=name, code="unsupported_parameter")
+    names = set(_extras(req))
+    for m in getattr(req, "messages", None) or []:
+        names.update(_extras(m, "messages."))
+    names.update(_extras(getattr(req, "stream_options", None), "stream_options."))
+    names.update(_extras(getattr(req, "chat_template_kwargs", None), "chat_template_kwargs."))
+    return sorted(names)
+
+
 class ChatCompletionRequest(SamplingFields, AdaptiveFields):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
     model: str | None = None
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, description="Most completion tokens, reasoning + answer (OpenAI's name; wins over max_tokens).")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -158,6 +256,8 @@ class ChatCompletionRequest(SamplingFields, AdaptiveFields):
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.think_threshold is not None and self.changes_first_step:
+            raise ValueError(_THRESHOLD_WITH_FIRST_STEP_CONTROLS)
         return self
 
     def resolved_mode(self) -> Mode:
@@ -183,7 +283,7 @@ class ChatCompletionRequest(SamplingFields, AdaptiveFields):
 
 
 class CompletionRequest(SamplingFields):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
     prompt: str | list[str] = Field(description="Raw prompt text, sent as is (special tokens in it are tokens).")
     max_tokens: int | None = Field(16, ge=1)

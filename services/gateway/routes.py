@@ -25,10 +25,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.config import GatewayConfig
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.protocol import ApiError, ChatCompletionRequest, CompletionRequest, GenerateRequest, internal_error
+from services.gateway.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    ignored_fields,
+    internal_error,
+)
 from services.gateway.serving import DONE, ServingChat, ServingCompletion, ServingGenerate, sse
 
 log = logging.getLogger("autothink.gateway")
+
+IGNORED_HEADER = "x-autothink-ignored-fields"
+_logged_ignored: set[str] = set()  # field names already logged (once per name and process, as vLLM does)
+
+
+def ignored(req: Any) -> list[str]:
+    """The request's unused fields (a 400 for one that would change the result), each logged once."""
+    names = ignored_fields(req)
+    new = [n for n in names if n not in _logged_ignored]
+    if new:
+        _logged_ignored.update(new)
+        log.warning("request fields this gateway does not use (ignored; listed in the %s response header): %s",
+                    IGNORED_HEADER, ", ".join(new))
+    return names
 
 
 class Slots:
@@ -89,10 +110,12 @@ class GuardedStream(StreamingResponse):
     response ends — finished, failed, or the client gone — the events' generator is closed (its
     engine calls are aborted) and the request's slot released at once, not at garbage collection."""
 
-    def __init__(self, events: AsyncIterator[str], request_id: str, done: Callable[[], None]):
-        self._events, self._request_id, self._done = events, request_id, done
+    def __init__(self, events: AsyncIterator[str], request_id: str, done: Callable[[], None],
+                 aborted: Callable[[], None] = lambda: None, headers: dict[str, str] | None = None):
+        self._events, self._request_id, self._done, self._aborted = events, request_id, done, aborted
+        self._finished = False  # the last event went out
         super().__init__(self._guarded(), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
+                         headers={"Cache-Control": "no-cache", "X-Request-Id": request_id, **(headers or {})})
 
     async def _guarded(self) -> AsyncIterator[str]:
         try:
@@ -105,6 +128,7 @@ class GuardedStream(StreamingResponse):
             log.exception("request %s failed while streaming", self._request_id)
             yield sse(internal_error(self._request_id).body())
             yield DONE
+        self._finished = True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -114,6 +138,9 @@ class GuardedStream(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
             with contextlib.suppress(BaseException):
                 await self._events.aclose()  # type: ignore[attr-defined]
+            if not self._finished:  # the client left mid-stream (#39: only non-streaming ones were counted)
+                self._aborted()
+                log.info("request %s: client disconnected mid-stream; generation aborted", self._request_id)
             self._done()
 
 
@@ -125,10 +152,14 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def serve(request: Request, create: Callable[[str], Awaitable[Any]]) -> Any:
-    """Admit, run ``create(request_id)`` while watching the connection, answer."""
+async def serve(request: Request, create: Callable[[str], Awaitable[Any]], ignored_names: list[str] | None = None) -> Any:
+    """Admit, run ``create(request_id)`` while watching the connection, answer; the request's
+    ignored fields go in the ``x-autothink-ignored-fields`` header."""
     gw = gateway(request)
     rid = request.state.request_id
+    headers = {"X-Request-Id": rid}
+    if ignored_names:
+        headers[IGNORED_HEADER] = ", ".join(ignored_names)
     if not gw.engine.ready:
         why = gw.engine.problem() if hasattr(gw.engine, "problem") else gw.engine.error
         raise ApiError(503, f"the model is not ready: {why}" if why else "the model is not ready; retry when /ready answers 200",
@@ -161,8 +192,8 @@ async def serve(request: Request, create: Callable[[str], Awaitable[Any]]) -> An
         result = work.result()
         if isinstance(result, AsyncIterator):
             streaming = True
-            return GuardedStream(result, rid, release)
-        return JSONResponse(result, headers={"X-Request-Id": rid})
+            return GuardedStream(result, rid, release, gw.metrics.aborted.inc, headers)
+        return JSONResponse(result, headers=headers)
     except ApiError:
         raise
     except Exception:
@@ -215,6 +246,26 @@ async def prometheus(request: Request) -> Response:
     return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+# -- the API's description: behind the key like the API itself (#39: /docs and /openapi.json were open)
+@router.get("/openapi.json", include_in_schema=False, dependencies=authorized)
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False, dependencies=authorized)
+async def docs(request: Request) -> Response:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - docs")
+
+
+@router.get("/redoc", include_in_schema=False, dependencies=authorized)
+async def redoc(request: Request) -> Response:
+    from fastapi.openapi.docs import get_redoc_html
+
+    return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - ReDoc")
+
+
 # -- POST /generate
 @router.post("/generate", tags=["adaptive"], dependencies=authorized)
 async def generate(req: GenerateRequest, request: Request) -> Any:
@@ -227,7 +278,7 @@ async def generate(req: GenerateRequest, request: Request) -> Any:
     to what fits the context.  With `stream: true`, server-sent events: `delta` events, then one
     `result` event shaped like the non-streaming response, then `[DONE]`.
     """
-    return await serve(request, lambda rid: gateway(request).generate.create(req, rid))
+    return await serve(request, lambda rid: gateway(request).generate.create(req, rid), ignored(req))
 
 
 # -- OpenAI
@@ -236,7 +287,8 @@ async def models(request: Request) -> dict[str, Any]:
     gw = gateway(request)
     return {"object": "list", "data": [{
         "id": gw.cfg.served_model_name, "object": "model", "created": int(time.time()), "owned_by": "autothink",
-        "root": gw.cfg.model, "max_model_len": gw.engine.max_model_len,
+        # root: the served name, not cfg.model: a filesystem path is nobody's business (#39)
+        "root": gw.cfg.served_model_name, "max_model_len": gw.engine.max_model_len,
     }]}
 
 
@@ -247,11 +299,11 @@ async def chat(req: ChatCompletionRequest, request: Request) -> Any:
     `chat_template_kwargs.thinking` ("auto" | "on" | "off"), or `mode`.  `max_completion_tokens`
     bounds reasoning + answer."""
     check_model(gateway(request), req.model)
-    return await serve(request, lambda rid: gateway(request).chat.create(req, rid))
+    return await serve(request, lambda rid: gateway(request).chat.create(req, rid), ignored(req))
 
 
 @router.post("/v1/completions", tags=["openai"], dependencies=authorized)
 async def completions(req: CompletionRequest, request: Request) -> Any:
     """OpenAI text completions: the prompt is sent as is; no mode and no reasoning split."""
     check_model(gateway(request), req.model)
-    return await serve(request, lambda rid: gateway(request).completion.create(req, rid))
+    return await serve(request, lambda rid: gateway(request).completion.create(req, rid), ignored(req))
