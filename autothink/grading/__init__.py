@@ -7,8 +7,12 @@ extracted answer.  The status separates the outcomes a reward must not confuse:
 * ``no_answer``   no complete ``\\boxed{}`` in the response (the last one wins; unclosed = none)
 * ``unparseable`` the response is over the size limit, or the answer is not in the grammar and
                   matches no ground truth textually (``correct`` is False)
-* ``timeout``     the comparison ran past the hard time limit; the worker that ran it was killed
-                  and replaced (``correct`` is None: could not grade)
+* ``timeout``     the comparison ran past its limit (``correct`` is None: could not grade).  The
+                  limit is first an *operation budget*, :data:`MAX_GRADE_CALLS` Python calls per
+                  comparison: a property of the input, so the same answer times out (or not) on
+                  an idle machine and on a loaded one alike -- one verdict, not a coin toss by
+                  load (issue #39, M2).  The pool's wall-clock limit stays as the last guard (a
+                  stuck C routine); a worker that hits it is killed and replaced
 * ``error``       the worker died or the comparison raised (``correct`` is None: could not grade)
 
 ``timeout`` and ``error`` are never verdicts: ``correct`` is None there and only there, so a
@@ -29,6 +33,8 @@ True
 from __future__ import annotations
 
 import atexit
+import gc
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +46,15 @@ from autothink.grading.extract import final_answers
 Status = Literal["ok", "no_answer", "unparseable", "timeout", "error"]
 MAX_RESPONSE_CHARS = 200_000
 MAX_ANSWER_CHARS = 1_000
+#: Python function calls one comparison may make.  The heaviest answer of the unit tests, of
+#: math-verify's suite and of the benchmarks' answers against themselves needs 0.26 M
+#: (``\sin^2 x + \cos^2 x`` = 1), the adversarial ``\sin^{20} x+\cos^{20} x`` 0.63 M; the 8-fold
+#: nested ``\sin^2+\cos^2`` of issue #39 needs 4.9 M and ``(x+y+z)^{12}`` against ``\cos(2x)`` 24 M.
+#: 2 M is about 1 s of sympy on this 2-core machine with the counter on.
+MAX_GRADE_CALLS = 2_000_000
+#: The default wall-clock limit of a grade in the pool: the last guard, well above the budget's
+#: ~1 s, so a loaded machine does not turn the budget's verdict into a timeout.
+DEFAULT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,15 +80,64 @@ def _truth_text(t: str | int | float) -> str:
     return str(t).strip()
 
 
+class _OverBudget(BaseException):
+    """Raised inside a comparison that used up its call budget.  A BaseException, so sympy's own
+    ``except Exception`` blocks cannot swallow it."""
+
+
+def _within_budget(fn, *args):  # noqa: ANN001, ANN202 - (fn's result or None, over budget)
+    """Run ``fn(*args)`` under :data:`MAX_GRADE_CALLS`, counted by a call tracer.
+
+    The count is made a function of the input alone: sympy's cache is cleared first (a warm cache
+    would make the second look at an answer cheaper than the first) and garbage collection waits
+    (a collection runs finalisers at moments set by earlier work).  The pool's workers also run
+    with a fixed hash seed, so set iteration inside sympy is the same in every worker."""
+    from sympy.core.cache import clear_cache
+
+    calls = 0
+    tripped = False
+
+    def count(frame, event, arg):  # noqa: ANN001, ANN202 - the sys.settrace signature
+        nonlocal calls, tripped
+        calls += 1
+        if calls > MAX_GRADE_CALLS:
+            tripped = True
+            raise _OverBudget
+        return None  # no line events: only calls are counted
+
+    clear_cache()
+    previous = sys.gettrace()
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    sys.settrace(count)
+    try:
+        result = fn(*args)
+    except _OverBudget:
+        result = None
+    finally:
+        sys.settrace(previous)
+        if gc_was_on:
+            gc.enable()
+    return (None, True) if tripped else (result, False)
+
+
 @lru_cache(maxsize=65_536)
-def _compare_cached(pred: str, truths: tuple[str, ...]) -> tuple[bool, bool]:
+def _compare_cached(pred: str, truths: tuple[str, ...]) -> tuple[bool, bool, bool]:
+    """(equal, unreadable, over budget) of one comparison; deterministic, hence cacheable."""
     from autothink.grading.equivalence import compare
 
-    return compare(pred, list(truths))
+    result, over = _within_budget(compare, pred, list(truths))
+    return (False, False, True) if over else (*result, False)
+
+
+def _over_budget(answer: str) -> GradeResult:
+    return GradeResult(None, "timeout", answer[:100],
+                       f"the comparison needs more than {MAX_GRADE_CALLS:,} operations (Python calls): could not grade")
 
 
 def grade_in_process(response: str, ground_truth: str | int | float | Sequence[str | int | float]) -> GradeResult:
-    """The comparison itself, bounded in size but not in time (use :func:`grade` for that)."""
+    """The comparison itself, bounded in size and in operations (:data:`MAX_GRADE_CALLS`), but not
+    by the wall clock (use :func:`grade` for that)."""
     if not isinstance(response, str):
         return GradeResult(False, "unparseable", None, f"response is {type(response).__name__}, not text")
     if len(response) > MAX_RESPONSE_CHARS:
@@ -84,11 +148,17 @@ def grade_in_process(response: str, ground_truth: str | int | float | Sequence[s
     truths = _truths(ground_truth)
     if not truths or all(t == "" for t in truths):
         return GradeResult(False, "unparseable", answer, "ground truth is empty")
-    if joined is not None and len(joined) <= MAX_ANSWER_CHARS and _compare_cached(joined.strip(), truths)[0]:
-        return GradeResult(True, "ok", joined)  # several boxes that form one list of solutions
+    if joined is not None and len(joined) <= MAX_ANSWER_CHARS:
+        equal, _, over = _compare_cached(joined.strip(), truths)
+        if equal:
+            return GradeResult(True, "ok", joined)  # several boxes that form one list of solutions
+        if over:
+            return _over_budget(joined)
     if len(answer) > MAX_ANSWER_CHARS:
         return GradeResult(False, "unparseable", answer[:100], f"answer longer than {MAX_ANSWER_CHARS} characters")
-    equal, unreadable = _compare_cached(answer.strip(), truths)
+    equal, unreadable, over = _compare_cached(answer.strip(), truths)
+    if over:
+        return _over_budget(answer)
     if equal:
         return GradeResult(True, "ok", answer)
     if unreadable:
@@ -101,7 +171,7 @@ _default_lock = threading.Lock()
 
 
 def grade(
-    response: str, ground_truth: str | int | float | Sequence[str | int | float], timeout_s: float = 2.0
+    response: str, ground_truth: str | int | float | Sequence[str | int | float], timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> GradeResult:
     """Grade ``response`` (the text after ``</think>``) against one or several acceptable answers,
     under a hard time limit enforced by the shared worker pool."""
@@ -115,4 +185,4 @@ def grade(
     return _default_pool.grade(response, ground_truth, timeout_s=timeout_s)
 
 
-__all__ = ["GradeResult", "grade", "grade_in_process", "MAX_RESPONSE_CHARS"]
+__all__ = ["GradeResult", "grade", "grade_in_process", "MAX_RESPONSE_CHARS", "MAX_GRADE_CALLS"]

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from autothink.grading import GradeResult
+from autothink.grading import DEFAULT_TIMEOUT_S, GradeResult
 
 _MEMORY_LIMIT_BYTES = 4 << 30
 _START_TIMEOUT_S = 120.0  # importing sympy on a loaded 2-core machine can take tens of seconds
@@ -44,6 +44,10 @@ class _Worker:
     def __init__(self, memory_limit: int):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        # one hash seed for every worker: the operation budget counts calls, and set iteration
+        # order inside sympy (hence the count) follows the seed -- the same answer must cost the
+        # same in every worker (issue #39, M2)
+        env["PYTHONHASHSEED"] = "0"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autothink.grading.worker", str(memory_limit)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
@@ -129,7 +133,7 @@ class GraderPool:
     grade at once and the rest wait.
     """
 
-    def __init__(self, workers: int = 2, timeout_s: float = 2.0, memory_limit: int = _MEMORY_LIMIT_BYTES):
+    def __init__(self, workers: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S, memory_limit: int = _MEMORY_LIMIT_BYTES):
         self.timeout_s = timeout_s
         self.memory_limit = memory_limit
         self._idle: queue.Queue[_Worker] = queue.Queue()
