@@ -17,6 +17,11 @@ import numpy as np
 
 WIRE_VERSION = "1"
 MAX_META_BYTES = 16 << 20
+STRATEGIES = ("standard", "no_think", "ellipsis")  # autothink.prompting.STRATEGIES, without importing it
+#: How deep ``metadata``, ``level`` and ``answer`` may nest.  Deeper JSON decodes, but copying it
+#: (``asdict`` when the scored group is written) overflows the stack -- a failure that would
+#: repeat on every delivery, so it is refused here, where refusals dead-letter at once.
+MAX_NESTING = 32
 
 
 class MessageError(ValueError):
@@ -163,7 +168,40 @@ def _prompt_from(data: Any) -> PromptMsg:
         raise MessageError(f"prompt.top_p must be a number in (0, 1], not {p.top_p!r}")
     if not isinstance(p.metadata, dict):
         raise MessageError("prompt.metadata must be an object")
+    if p.strategy not in STRATEGIES:
+        raise MessageError(f"prompt.strategy must be one of {', '.join(STRATEGIES)}, not {p.strategy[:40]!r}")
+    if not _is_answer(p.answer):
+        raise MessageError("prompt.answer must be null, a string, a number or a list of strings and numbers, "
+                           f"not {_kind(p.answer)}")
+    for name in ("metadata", "level"):
+        if _depth(getattr(p, name)) > MAX_NESTING:
+            raise MessageError(f"prompt.{name} nests deeper than {MAX_NESTING} levels")
     return p
+
+
+def _is_answer(a: Any) -> bool:
+    """None, text, a (finite) number, or a flat list of text and numbers -- what the grader reads.
+    ``True`` and objects are refused: graded as text they would be the answers "True" and "{...}"."""
+    if a is None or isinstance(a, str) or _is_number(a):
+        return True
+    return isinstance(a, list) and all(isinstance(x, str) or _is_number(x) for x in a)
+
+
+def _kind(x: Any) -> str:
+    return "a boolean" if isinstance(x, bool) else {dict: "an object", list: "a list with other items"}.get(type(x), type(x).__name__)
+
+
+def _depth(x: Any, limit: int = MAX_NESTING + 1) -> int:
+    """Nesting depth of a JSON value, counted up to ``limit`` (iteratively: no recursion to overflow)."""
+    deepest, stack = 0, [(x, 1)]
+    while stack:
+        value, d = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, d)
+            if d >= limit:
+                return d
+            stack.extend((v, d + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def _is_int(x: Any) -> bool:
@@ -230,7 +268,11 @@ def decode(entry: dict[Any, Any], expect: str) -> PromptMsg | RolloutGroup | Sco
         version_no = meta["policy_version"]
         if not _is_int(version_no) or version_no < 0:
             raise MessageError(f"policy_version must be an integer >= 0, not {version_no!r}")
-        prompt_ids = [int(t) for t in meta.get("prompt_token_ids", [])]
+        prompt_ids = meta.get("prompt_token_ids", [])
+        if not isinstance(prompt_ids, list) or not all(_is_int(t) and 0 <= t < 2**31 for t in prompt_ids):
+            raise MessageError("prompt_token_ids must be a list of token ids (integers in [0, 2^31))")
+        if not samples:
+            raise MessageError(f"a {kind} group needs at least one sample")
         if kind == "rollout":
             return RolloutGroup(prompt, version_no, samples, prompt_ids, str(meta.get("worker", "")))
         scores = [Score(**s) for s in meta["scores"]]
