@@ -38,12 +38,13 @@ def _bus() -> tuple[MemoryBus, Clock]:
 
 
 def _group(msg: PromptMsg, worker: str) -> RolloutGroup:
-    return RolloutGroup(msg, 0, [Sample("t", [1, 2], [-0.1, -0.2])], [5], worker)
+    return RolloutGroup(msg, 0, [Sample("t", [1, 2], [-0.5, -0.25])], [5], worker)  # float32-exact log-probs
 
 
-def test_a_lost_lease_is_reported_once_and_its_result_is_not_written(caplog):
-    bus, clock = _bus()
-    stream = bus.names.prompts
+def check_lost_lease_is_reported_once_and_not_written(bus, stream: str, advance) -> None:  # noqa: ANN001 - shared with the Redis test
+    """The fencing contract of a bus: a renewal reports a lease another consumer took, once, and
+    the atomic write refuses the old owner's result; ``advance(s)`` lets s units of idle time pass
+    (claim_idle_ms is 1 unit)."""
     msgs = [PromptMsg("a", "q"), PromptMsg("b", "q")]
     for m in msgs:
         bus.publish(stream, m)
@@ -54,9 +55,9 @@ def test_a_lost_lease_is_reported_once_and_its_result_is_not_written(caplog):
     leases.renew_now()
     assert lost == [] and leases.held(stream) == {a.id, b.id}
 
-    clock.t += 0.6
+    advance(0.6)
     assert bus.renew_owned(stream, "g", "old", [b.id]) == [b.id]  # b renewed, a left to lapse (a frozen owner)
-    clock.t += 0.6
+    advance(0.6)
     (taken,) = bus.read(stream, "g", "new", count=10, block_ms=0)
     assert (taken.id, taken.deliveries) == (a.id, 2)
 
@@ -66,15 +67,29 @@ def test_a_lost_lease_is_reported_once_and_its_result_is_not_written(caplog):
     leases.renew_now()
     leases.renew_now()
     assert lost == [(stream, [a.id])]  # one report per loss, not one per renewal tick
+    assert bus.renew_owned(stream, "g", "old", [a.id, b.id]) == [b.id]
 
     # the write checks ownership itself: a result whose lease lapsed is dropped, whoever noticed first
-    assert bus.publish_and_ack(bus.names.rollouts, _group(msgs[0], "old"), a, "g", "old") is None
-    assert bus.length(bus.names.rollouts) == 0
-    assert bus.publish_and_ack(bus.names.rollouts, _group(msgs[0], "new"), taken, "g", "new") is not None
-    assert bus.publish_and_ack(bus.names.rollouts, _group(msgs[0], "new"), taken, "g", "new") is None  # acknowledged: once
-    assert bus.publish_and_ack(bus.names.rollouts, _group(msgs[1], "old"), b, "g", "old") is not None
-    assert [decode(f, "rollout").worker for _, f in bus.entries(bus.names.rollouts)] == ["new", "old"]
+    out = bus.names.rollouts
+    assert bus.publish_and_ack(out, _group(msgs[0], "old"), a, "g", "old") is None
+    assert bus.length(out) == 0
+    assert bus.publish_and_ack(out, _group(msgs[0], "new"), taken, "g", "new") is not None
+    assert bus.publish_and_ack(out, _group(msgs[0], "new"), taken, "g", "new") is None  # acknowledged: once
+    assert bus.publish_and_ack(out, _group(msgs[1], "old"), b, "g", "old") is not None
+    written = [decode(f, "rollout") for _, f in _entries(bus, out)]
+    assert [(g.group_id, g.worker) for g in written] == [("a", "new"), ("b", "old")]
+    assert written[0].samples == _group(msgs[0], "new").samples  # the Lua write carries every field
     assert bus.pending(stream, "g") == 0
+
+
+def _entries(bus, stream: str) -> list:  # noqa: ANN001
+    return bus.entries(stream) if hasattr(bus, "entries") else bus.client.xrange(stream)
+
+
+def test_a_lost_lease_is_reported_once_and_its_result_is_not_written(caplog):
+    bus, clock = _bus()
+    stream = bus.names.prompts
+    check_lost_lease_is_reported_once_and_not_written(bus, stream, lambda s: setattr(clock, "t", clock.t + s))
 
     # without a handler the loss is one warning
     bus.publish(stream, PromptMsg("c", "q"))
