@@ -1,16 +1,31 @@
-"""HTTP face of the reward service: /health, /metrics, and POST /grade for ad-hoc checks -- on a grader
-pool of its own (ad-hoc calls cannot starve the training stream), behind a key when one is set,
-with bounded bodies and validation errors that never echo the input."""
+"""HTTP face of the reward service: /health, /metrics, and POST /grade for ad-hoc checks.
+
+POST /grade cannot hurt training or the service (issue #39, M1):
+
+* it grades on a pool of its own (``adhoc_grader_workers``), never on the training stream's;
+* it is async and bounded: at most ``adhoc_grader_workers + adhoc_queue`` requests are admitted
+  (grading or waiting, and a waiting request holds no server thread, only a place in the
+  queue); the next one gets 429 at once, with ``Retry-After`` -- so a flood can neither queue
+  for minutes nor use up the threads ``/health`` needs;
+* it needs the key when one is set, and is closed (403) when none is set and the service listens
+  beyond loopback.  The OpenAPI docs (``/docs``, ``/redoc``, ``/openapi.json``) follow the same
+  rule; ``/health`` and ``/metrics`` stay open;
+* bodies are bounded and validation errors never echo the input.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field
 
 from autothink.scoring import score_sample
@@ -36,16 +51,48 @@ class GradeResponse(BaseModel):
 
 
 def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
+    cfg = worker.cfg
+    capacity = cfg.adhoc_grader_workers + cfg.adhoc_queue
+    admitted = 0  # requests grading or waiting; touched only on the event loop, so no lock
+    recent_s = 0.05  # moving average of one ad-hoc grade, for Retry-After
+    executor = ThreadPoolExecutor(max_workers=cfg.adhoc_grader_workers, thread_name_prefix="adhoc-grade")
+    refused = 0
+    rejected = Counter("autothink_reward_adhoc_rejected_total", "POST /grade requests refused with 429 (queue full)",
+                       registry=registry)
+    in_flight = Gauge("autothink_reward_adhoc_in_flight", "POST /grade requests grading or waiting", registry=registry)
+
     def health() -> tuple[bool, dict[str, Any]]:
         ok = worker.healthy and worker.bus.ping()
-        return ok, {"consumer": worker.consumer, "replaced_workers": worker.pool.replaced, "loop_failures": worker.failures}
+        return ok, {
+            "consumer": worker.consumer, "replaced_workers": worker.pool.replaced,
+            "adhoc_replaced_workers": worker.adhoc_pool.replaced, "adhoc_in_flight": admitted,
+            "adhoc_rejected": refused, "loop_failures": worker.failures,
+        }
 
     app = ops_app("AutoThink reward service", health, registry)
-    table, rule = worker.cfg.rewards.table(), worker.cfg.rewards.rule()
-    cfg = worker.cfg
+    table, rule = cfg.rewards.table(), cfg.rewards.rule()
+    closed_reason = (None if cfg.api_key or cfg.loopback_only else
+                     f"POST /grade and the API docs are closed: the service listens on {cfg.host}, beyond loopback, "
+                     "and no key is set (AUTOTHINK_REWARD_API_KEY)")
+    docs = {p for p in (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url) if p}
+
+    def refusal(authorization: str | None) -> HTTPException | None:
+        """Why a request to a keyed path is refused, or None to let it in."""
+        if closed_reason is not None:
+            return HTTPException(403, closed_reason)
+        if not cfg.api_key:
+            return None
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), cfg.api_key.encode()):
+            return HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+        return None
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
+    async def guard(request: Request, call_next: Any) -> Response:
+        if request.url.path in docs:
+            denied = refusal(request.headers.get("authorization"))
+            if denied is not None:
+                return JSONResponse({"detail": denied.detail}, status_code=denied.status_code, headers=denied.headers)
         size = request.headers.get("content-length")
         if request.method == "POST" and (size is None or not size.isdigit() or int(size) > cfg.max_request_bytes):
             return JSONResponse({"detail": f"the body must state its length and be at most {cfg.max_request_bytes} bytes"},
@@ -58,23 +105,41 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    def authorized(authorization: str | None = Header(None)) -> None:
-        if not cfg.api_key:
-            return
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), cfg.api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+    async def authorized(authorization: str | None = Header(None)) -> None:  # async: no server thread for a check
+        denied = refusal(authorization)
+        if denied is not None:
+            raise denied
 
     def adhoc_grade(answer_text: str, truth: Any):  # noqa: ANN202 - a GradeResult
         return worker.adhoc_pool.grade(answer_text, truth)
 
-    @app.post("/grade", response_model=GradeResponse, dependencies=[Depends(authorized)])
-    def grade(req: GradeRequest) -> GradeResponse:
+    def score(req: GradeRequest) -> tuple[Any, float]:  # in the executor: parsing a 1 MB response is no work for the event loop
         t0 = time.perf_counter()
-        s = score_sample(req.response, req.num_tokens, req.strategy, req.ground_truth, adhoc_grade, table, rule)
+        s = score_sample(req.response, req.num_tokens, req.strategy, req.ground_truth, adhoc_grade, table, rule,
+                         cfg.max_response_chars)
+        return s, time.perf_counter() - t0
+
+    @app.post("/grade", response_model=GradeResponse, dependencies=[Depends(authorized)],
+              responses={429: {"description": "Too many ad-hoc grades in flight; retry after Retry-After seconds."}})
+    async def grade(req: GradeRequest) -> GradeResponse:
+        nonlocal admitted, recent_s, refused
+        if admitted >= capacity:
+            rejected.inc()
+            refused += 1
+            wait = max(1, math.ceil(recent_s * capacity / cfg.adhoc_grader_workers))
+            raise HTTPException(429, f"{capacity} ad-hoc grades are in flight or queued (adhoc_grader_workers + adhoc_queue); "
+                                     f"retry in {wait} s", headers={"Retry-After": str(wait)})
+        admitted += 1
+        in_flight.set(admitted)
+        try:
+            s, grade_s = await asyncio.get_running_loop().run_in_executor(executor, score, req)
+        finally:
+            admitted -= 1
+            in_flight.set(admitted)
+        recent_s = 0.8 * recent_s + 0.2 * grade_s
         return GradeResponse(
             correct=s.correct, status=s.status, extracted=s.extracted, mode=s.mode, format_ok=s.format_ok,
-            reward=s.reward, grade_ms=(time.perf_counter() - t0) * 1000,
+            reward=s.reward, grade_ms=grade_s * 1000,
         )
 
     return app

@@ -2,29 +2,44 @@
 
 Stateless: any number of replicas share the work through one consumer group, and a replica
 that dies leaves its entries pending for the others to reclaim.
+
+Failures are sorted by what a retry could change.  An entry that does not decode, or whose
+scored group cannot be built or encoded (a value the codec refuses, nesting that overflows the
+stack), fails the same way on every delivery: it goes to the dead-letter stream at once, not
+after ``max_deliveries`` rounds.  Only a failure outside the entry (Redis, a closing grader pool)
+releases it for a retry.  Dead-letter copies keep each field up to 64 KiB, with the full size and
+a SHA-256 of what was cut: a 17 MB entry is not copied whole a second time, and the original stays
+in the rollouts stream under its id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from autothink.bus.messages import RolloutGroup, ScoredGroup
+from autothink.bus.messages import MessageError, RolloutGroup, ScoredGroup, decode, encode
 from autothink.bus.base import BusAuthError, Entry, Leases, settle_failure
 from autothink.bus.streams import RedisBus
 from autothink.grading.pool import GraderPool
-from autothink.scoring import score_group
+from autothink.scoring import answers_to_grade, score_group
 from services.reward.config import RewardServiceConfig
 
 log = logging.getLogger("autothink.reward")
 GROUP = "reward"
 UNHEALTHY_AFTER_FAILURES = 3
+DEAD_FIELD_BYTES = 64 << 10
+#: What building or encoding one entry's scored group raises when the entry itself is at fault:
+#: deterministic, so retrying cannot help.  (RecursionError is a RuntimeError, listed first; a
+#: closed grader pool's RuntimeError is not the entry's fault and is retried.)
+ENTRY_FAULTS = (MessageError, RecursionError, ValueError, TypeError, KeyError, IndexError, OverflowError)
 
 
 class RewardMetrics:
@@ -48,7 +63,10 @@ class RewardWorker:
                                    max_deliveries=cfg.redis.max_deliveries)
         self.leases = Leases(self.bus, GROUP, self.consumer)
         self.pool = GraderPool(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s)
-        self.adhoc_pool = GraderPool(workers=cfg.adhoc_grader_workers, timeout_s=cfg.grade_timeout_s)  # POST /grade
+        # POST /grade has processes of its own: a flood of ad-hoc calls queues there (bounded, see
+        # services.reward.app), never in front of the training stream's graders
+        self.adhoc_pool = GraderPool(workers=cfg.adhoc_grader_workers, timeout_s=cfg.grade_timeout_s)
+        self._graders = ThreadPoolExecutor(max_workers=cfg.grader_workers, thread_name_prefix="grade")
         self.metrics = RewardMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -62,9 +80,18 @@ class RewardWorker:
         return result
 
     def score(self, group: RolloutGroup) -> ScoredGroup:
-        texts = [s.text[: self.cfg.max_response_chars + 1] for s in group.samples]
+        """Score one group: its distinct answers are graded once each, side by side on the
+        training pool's workers, and every sample with that answer shares the verdict."""
+        texts = [s.text for s in group.samples]
+        truth, limit = group.prompt.answer, self.cfg.max_response_chars
+        distinct = answers_to_grade(texts, group.prompt.strategy, truth, limit)
+        if len(distinct) > 1:
+            verdicts = dict(zip(distinct, self._graders.map(lambda a: self.grade(a, truth), distinct)))
+        else:
+            verdicts = {a: self.grade(a, truth) for a in distinct}
         scores = score_group(
-            texts, [len(s.token_ids) for s in group.samples], group.prompt.strategy, group.prompt.answer, self.grade, self.cfg.rewards
+            texts, [len(s.token_ids) for s in group.samples], group.prompt.strategy, truth,
+            lambda answer, _truth: verdicts[answer], self.cfg.rewards, limit,
         )
         return ScoredGroup(group.prompt, group.policy_version, group.samples, scores, group.prompt_token_ids, group.worker, self.consumer)
 
@@ -87,16 +114,31 @@ class RewardWorker:
 
     def handle(self, entry: Entry) -> None:
         names = self.bus.names
-        group = self.bus.decode_or_dead_letter(entry, "rollout", GROUP, self.consumer)
-        if group is None:
-            self.metrics.dead.inc()
+        try:
+            group = decode(entry.fields, "rollout")
+        except Exception as e:  # noqa: BLE001 - whatever the bytes did to the decoder, it is this entry's fault
+            self.dead_letter(entry, str(e) if isinstance(e, MessageError) else f"{type(e).__name__}: {e}")
             return
         try:
             scored = self.score(group)
-            self.bus.publish(names.scored, scored)  # write first ...
+            encode(scored)  # refused here, not inside publish: the same entry would be refused every time
+        except ENTRY_FAULTS as e:
+            if not self.stop.is_set():  # a pool closed under us at shutdown raises too: not the entry's fault
+                self.dead_letter(entry, f"cannot score or encode this group: {type(e).__name__}: {e}")
+                return
+            settle_failure(self.bus, entry, GROUP, self.consumer, e)
+            return
         except BusAuthError:
             raise
         except Exception as e:  # noqa: BLE001 - this entry's failure, not the service's
+            if settle_failure(self.bus, entry, GROUP, self.consumer, e):
+                self.metrics.dead.inc()
+            return
+        try:
+            self.bus.publish(names.scored, scored)  # write first ...
+        except BusAuthError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Redis: retried on the next delivery
             if settle_failure(self.bus, entry, GROUP, self.consumer, e):
                 self.metrics.dead.inc()
             return
@@ -106,6 +148,15 @@ class RewardWorker:
             "scored group %s (policy v%d): rewards %s",
             group.group_id, group.policy_version, [round(s.reward, 2) for s in scored.scores],
         )
+
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        """Move ``entry`` to the dead-letter stream at once, with ``reason``, fields cut to
+        :data:`DEAD_FIELD_BYTES` (size and SHA-256 of each cut field kept), and acknowledge it."""
+        reason = reason[:2000]
+        log.warning("dead-lettering %s %s: %s", entry.stream, entry.id, reason)
+        self.bus.dead_letter(trimmed(entry), reason, self.consumer)
+        self.bus.ack(entry.stream, GROUP, entry.id)
+        self.metrics.dead.inc()
 
     def run(self) -> None:
         self.bus.ensure_group(self.bus.names.rollouts, GROUP)
@@ -132,5 +183,22 @@ class RewardWorker:
     def close(self) -> None:
         self.stop.set()
         self.leases.stop()
+        self._graders.shutdown(wait=False)
         self.pool.close()
         self.adhoc_pool.close()
+
+
+def trimmed(entry: Entry, limit: int = DEAD_FIELD_BYTES) -> Entry:
+    """``entry`` with every field longer than ``limit`` bytes cut to its first ``limit`` bytes,
+    and ``dead_<field>_bytes`` / ``dead_<field>_sha256`` saying what the whole field was."""
+    fields: dict[Any, Any] = {}
+    for key, value in entry.fields.items():
+        raw = value if isinstance(value, bytes) else str(value).encode(errors="replace")
+        if len(raw) <= limit:
+            fields[key] = value
+            continue
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        fields[key] = raw[:limit]
+        fields[f"dead_{name}_bytes"] = str(len(raw))
+        fields[f"dead_{name}_sha256"] = hashlib.sha256(raw).hexdigest()
+    return Entry(entry.stream, entry.id, fields, entry.deliveries)
