@@ -10,9 +10,10 @@ rollouts stream (then acknowledged) the moment its last sample ends, and the fre
 the next prompt at once.
 
 * **Leases that fence.**  An entry is held from the moment it is read: the reading thread adds it
-  to the lease set, and a thread that does nothing else renews the set every quarter of
-  ``claim_idle_ms`` on a Redis connection of its own (:class:`autothink.bus.base.Leases`), so
-  tokenising and submitting a large batch on a busy event loop cannot make the first renewal late.
+  to the lease set, and a process that does nothing else (:mod:`services.rollout.lease_keeper`)
+  renews the set every quarter of ``claim_idle_ms`` on a Redis connection of its own, so neither
+  tokenising and submitting a large batch nor any other Python work here (this process's GIL) can
+  make a renewal late.
   Another replica takes an entry over only if this one stops renewing (dies, freezes, starves).
   If that happens while this replica still works on it, the renewal reports the loss and the
   prompt's request is aborted in the engine at once; and the group is written with
@@ -112,8 +113,16 @@ class RolloutWorker:
         self.bus: Any = bus or RedisBus(cfg.redis.url, cfg.run_id, cfg.redis.max_stream_len, cfg.redis.claim_idle_ms,
                                         max_deliveries=cfg.redis.max_deliveries)
         self.metrics = RolloutMetrics(registry or CollectorRegistry())
-        self.leases = Leases(self.bus, GROUP, self.consumer, on_lost=self._lease_lost,
-                             on_renewal=self.metrics.lease_gap.observe)
+        self.leases: Any
+        if isinstance(self.bus, RedisBus) and self.bus.url:
+            from services.rollout.lease_keeper import KeeperLeases
+
+            # renewed from a process of its own: no Python work in this one (GIL) can delay them
+            self.leases = KeeperLeases(self.bus.url, GROUP, self.consumer, self.bus.claim_idle_ms,
+                                       on_lost=self._lease_lost, on_renewal=self.metrics.lease_gap.observe)
+        else:  # the in-process bus of the unit tests: the same decisions, renewed by a thread
+            self.leases = Leases(self.bus, GROUP, self.consumer, on_lost=self._lease_lost,
+                                 on_renewal=self.metrics.lease_gap.observe)
         self.metrics.lease_interval.set(self.leases.interval_s)
         self.metrics.lease_since.set_function(self.leases.since_renewed)
         self.metrics.lease_max_gap.set_function(lambda: self.leases.max_gap_s)
@@ -146,7 +155,8 @@ class RolloutWorker:
         """Ready, the engine alive, the loop not failing over and over, new weights not failing to apply."""
         engine_ok = self.engine is not None and not getattr(self.engine, "errored", False)
         follower_ok = self._follower is None or self._follower.healthy
-        return (self.ready.is_set() and engine_ok and follower_ok and self.failures < UNHEALTHY_AFTER_FAILURES
+        leases_ok = getattr(self.leases, "keeper_alive", True)  # without renewals every prompt would lapse
+        return (self.ready.is_set() and engine_ok and follower_ok and leases_ok and self.failures < UNHEALTHY_AFTER_FAILURES
                 and self.weight_failures < UNHEALTHY_AFTER_FAILURES)
 
     def health_info(self) -> dict[str, Any]:
@@ -480,6 +490,7 @@ class RolloutWorker:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         held = self.leases.held(self.bus.names.prompts)
+        await asyncio.to_thread(self.leases.stop)  # no renewal may undo the release
         if held:
             try:
                 await asyncio.to_thread(self.bus.release, self.bus.names.prompts, GROUP, self.consumer, held)

@@ -131,6 +131,43 @@ def test_fencing_contract_on_redis(redis_server):
     check_lost_lease_is_reported_once_and_not_written(bus, bus.names.prompts, lambda s: time.sleep(s * 0.3))
 
 
+def test_the_lease_keeper_renews_from_a_process_of_its_own(redis_server):
+    """The rollout replica's renewals come from a keeper process: they go on while this process
+    holds the GIL, an entry another consumer took is reported once, and closing the pipe ends it."""
+    from services.rollout.lease_keeper import KeeperLeases
+
+    bus = RedisBus(redis_server.url, "keeper", claim_idle_ms=1000)
+    stream = bus.names.prompts
+    bus.ensure_group(stream, "g")
+    for i in range(3):
+        bus.publish(stream, PromptMsg(f"k{i}", "q"))
+    a, b, c = bus.read(stream, "g", "me", count=3, block_ms=0)
+    lost: list = []
+    leases = KeeperLeases(redis_server.url, "g", "me", 1000, interval_s=0.05, on_lost=lambda s, ids: lost.append(ids)).start()
+    try:
+        leases.hold(stream, a.id, b.id, c.id)
+        leases.drop(stream, c.id)
+        before, t0 = leases.renewals, time.monotonic()
+        while time.monotonic() - t0 < 1.5:  # pure-Python work that never lets go of the GIL for long
+            sum(i * i for i in range(20_000))
+        _until(lambda: leases.renewals > before, "renewals while this process was busy", 30)
+        assert lost == [] and {a.id, b.id} <= _pending_of_group(bus, stream, "me")
+        bus.client.xclaim(stream, "g", "thief", min_idle_time=0, message_ids=[a.id])  # a taken over
+        _until(lambda: lost, "the loss to be reported", 30)
+        time.sleep(0.3)  # several more ticks: still reported once
+        assert lost == [[a.id]] and leases.held(stream) == {b.id} and leases.lost == 1
+        assert leases.max_gap_s > 0 and leases.since_renewed() < 30
+    finally:
+        leases.stop()
+    assert leases._proc.returncode == 0
+    _until(lambda: not leases.keeper_alive, "the report reader to see the keeper go", 10)
+
+
+def _pending_of_group(bus: RedisBus, stream: str, consumer: str) -> set[str]:
+    rows = bus.client.xpending_range(stream, "g", min="-", max="+", count=100, consumername=consumer)
+    return {r["message_id"].decode() for r in rows}
+
+
 def test_two_live_replicas_publish_no_prompt_twice(replicas):
     """(a) 48 prompts of 8 samples put on the stream after both replicas are healthy, generations
     far longer than the lease: each prompt is written exactly once."""

@@ -1,0 +1,250 @@
+"""The rollout replica's leases, renewed by a process of their own.
+
+A renewal thread inside the replica shares the replica's GIL with the event loop, vLLM's output
+processing and the tokenising threads; each renewal needs the GIL several times (send, receive,
+parse), and with four busy threads CPython's 5 ms switch interval stretched the gap between
+renewals to 417 ms on this 2-core machine (BENCHMARKS.md, "Leases that fence") -- a 400 ms lease
+lapsed with its owner alive.  A separate interpreter has its own GIL: nothing the replica does
+in Python can delay it, only the OS scheduler can, and a process that sleeps between ticks is
+woken promptly by it.
+
+The keeper (``python -m services.rollout.lease_keeper``) renews what the replica holds every
+``interval_ms`` with one atomic Lua step (:meth:`autothink.bus.streams.RedisBus.renew_owned`) on
+its own Redis connection, and keeps its rhythm.  It speaks lines over pipes:
+
+* replica -> keeper (stdin): ``H stream id...`` hold, ``D stream id...`` drop; EOF: exit.
+* keeper -> replica (stdout): ``L stream id...`` lost (another consumer owns them; no longer
+  renewed), ``R t gap`` renewed at CLOCK_MONOTONIC ``t`` (the same clock in both processes),
+  ``gap`` seconds after the previous renewal, ``E message`` renewals failing (once per outage).
+
+Liveness stays the replica's: the keeper renews only while its parent is running.  A parent that
+is stopped (SIGSTOP, a debugger) gets no renewals, so its leases lapse and another replica takes
+its prompts -- its fencing then drops what it finishes after waking; a parent that dies takes
+the keeper with it (parent-death signal), as does a closed pipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("autothink.rollout")
+
+
+# ------------------------------------------------------------------------------ the keeper process
+def _parent_stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
+def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms: int, parent: int) -> int:
+    import redis
+
+    from autothink.bus.streams import RedisBus
+
+    timeout = max(0.05, 2 * interval_s)  # give up well before the lease lapses; the next tick tries again
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, single_connection_client=True)
+    bus = RedisBus(url, "lease-keeper", claim_idle_ms=claim_idle_ms, retries=0, client=client)
+    held: dict[str, set[str]] = {}
+    inp, out = sys.stdin.fileno(), sys.stdout
+    buf = b""
+    last_ok = time.monotonic()
+    next_tick = last_ok + interval_s
+    failing = False
+
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    while True:
+        wait = max(0.0, next_tick - time.monotonic())
+        if select.select([inp], [], [], wait)[0]:
+            data = os.read(inp, 1 << 16)
+            if not data:
+                return 0  # the replica closed the pipe: stopping
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                op, stream, *ids = raw.decode().split()
+                if op == "H":
+                    held.setdefault(stream, set()).update(ids)
+                elif op == "D":
+                    held.get(stream, set()).difference_update(ids)
+        now = time.monotonic()
+        if now < next_tick:
+            continue
+        next_tick = max(next_tick + interval_s, now)  # keep the rhythm; after a stall, no burst
+        if os.getppid() != parent:
+            return 0
+        if _parent_stopped(parent):
+            continue  # a frozen replica must lose its leases: that is what lets another one take over
+        try:
+            for stream, ids in list(held.items()):
+                if not ids:
+                    continue
+                owned = set(bus.renew_owned(stream, group, consumer, list(ids)))
+                lost = [i for i in ids if i not in owned]
+                if lost:
+                    ids.difference_update(lost)
+                    say(f"L {stream} {' '.join(lost)}")
+        except Exception as e:  # noqa: BLE001 - a passing Redis failure: the next tick tries again
+            if not failing:
+                say(f"E {type(e).__name__}: {e}".replace("\n", " "))
+            failing = True
+            continue
+        failing = False
+        now = time.monotonic()
+        say(f"R {now:.6f} {now - last_ok:.6f}")
+        last_ok = now
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Renew a rollout replica's prompt leases (started by the replica).")
+    p.add_argument("--url", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--consumer", required=True)
+    p.add_argument("--interval-ms", type=float, required=True)
+    p.add_argument("--claim-idle-ms", type=int, required=True)
+    p.add_argument("--parent", type=int, required=True)
+    a = p.parse_args(argv)
+    from autothink.procs import set_parent_death_signal
+
+    if set_parent_death_signal() and os.getppid() != a.parent:
+        return 1  # the replica died before the signal was armed
+    try:
+        return _keep(a.url, a.group, a.consumer, a.interval_ms / 1000, a.claim_idle_ms, a.parent)
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+
+
+# ------------------------------------------------------------------------------ the replica's side
+class KeeperLeases:
+    """:class:`autothink.bus.base.Leases`' interface, with the renewals done by a keeper process.
+
+    ``hold``/``drop`` update a local mirror (for ``held``, ``count`` and the release at shutdown)
+    and tell the keeper; a thread reads the keeper's reports and calls ``on_lost(stream, ids)`` and
+    ``on_renewal(gap_s)`` -- neither is time-critical: the renewals themselves never wait for it.
+    ``start`` must run on a thread that lives as long as the service (the keeper's parent-death
+    signal follows it): the rollout service's main thread."""
+
+    def __init__(self, url: str, group: str, consumer: str, claim_idle_ms: int, interval_s: float | None = None,
+                 on_lost: Callable[[str, list[str]], None] | None = None,
+                 on_renewal: Callable[[float], None] | None = None):
+        self.url, self.group, self.consumer, self.claim_idle_ms = url, group, consumer, claim_idle_ms
+        self.interval_s = interval_s if interval_s is not None else claim_idle_ms / 4000
+        self.on_lost, self.on_renewal = on_lost, on_renewal
+        self._held: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._stopping = False
+        self.lost = 0
+        self.renewals = 0
+        self.last_renewed = time.monotonic()
+        self.max_gap_s = 0.0
+        self.keeper_alive = False
+
+    # -- the Leases interface
+    def hold(self, stream: str, *ids: str) -> None:
+        if ids:
+            with self._lock:
+                self._held.setdefault(stream, set()).update(ids)
+                self._send(f"H {stream} {' '.join(ids)}")
+
+    def drop(self, stream: str, *ids: str) -> None:
+        if ids:
+            with self._lock:
+                self._held.get(stream, set()).difference_update(ids)
+                self._send(f"D {stream} {' '.join(ids)}")
+
+    def held(self, stream: str) -> set[str]:
+        with self._lock:
+            return set(self._held.get(stream, ()))
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(ids) for ids in self._held.values())
+
+    def since_renewed(self) -> float:
+        return time.monotonic() - self.last_renewed
+
+    def start(self) -> KeeperLeases:
+        self.last_renewed = time.monotonic()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "services.rollout.lease_keeper", "--url", self.url, "--group", self.group,
+             "--consumer", self.consumer, "--interval-ms", str(self.interval_s * 1000), "--claim-idle-ms",
+             str(self.claim_idle_ms), "--parent", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.keeper_alive = True
+        self._reader = threading.Thread(target=self._read_reports, name="lease-keeper-reports", daemon=True)
+        self._reader.start()
+        with self._lock:  # what was held before the keeper started
+            for stream, ids in self._held.items():
+                if ids:
+                    self._send(f"H {stream} {' '.join(ids)}")
+        return self
+
+    def stop(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()  # EOF: the keeper exits
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+    # -- plumbing
+    def _send(self, line: str) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return  # not started yet: start() sends what is held
+        try:
+            proc.stdin.write((line + "\n").encode())
+        except (OSError, ValueError):  # the keeper is gone: _read_reports says so
+            pass
+
+    def _read_reports(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            op, _, rest = raw.decode(errors="replace").strip().partition(" ")
+            if op == "R":
+                t, gap = (float(x) for x in rest.split())
+                self.last_renewed, self.renewals = t, self.renewals + 1
+                self.max_gap_s = max(self.max_gap_s, gap)
+                if self.on_renewal is not None:
+                    self.on_renewal(gap)
+            elif op == "L":
+                stream, *ids = rest.split()
+                with self._lock:
+                    held = self._held.get(stream, set())
+                    lost = [i for i in ids if i in held]  # dropped meanwhile (written by us) is not a loss
+                    held.difference_update(lost)
+                if lost:
+                    self.lost += len(lost)
+                    if self.on_lost is not None:
+                        self.on_lost(stream, lost)
+            elif op == "E":
+                log.warning("%s: renewing leases failed (%s); the keeper retries every %.0f ms", self.consumer, rest,
+                            self.interval_s * 1000)
+        self.keeper_alive = False
+        if not self._stopping:
+            log.error("%s: the lease keeper process exited (code %s); prompts held now lapse and are taken over",
+                      self.consumer, self._proc.wait())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
