@@ -4,11 +4,10 @@ request/response models (:mod:`services.gateway.protocol`), the body-size limit,
 the error handlers.
 
 Every refusal is a 4xx with an OpenAI-style JSON error (``{"error": {"message", "type", "param",
-"code"}}``): bad JSON or fields (400), a missing or wrong API key (401), an unknown model (404),
-a body that does not arrive in time (408), a body over the size
-limit (413), a field that would change the result and is not supported (400 naming it), too many
-requests in flight (429), a model still loading or
-unhealthy (503).  A failure inside the gateway is a 500 whose message holds the request id (also
+"code"}}``): bad JSON or fields, or a field that would change the result and is not supported
+(400, naming it), a missing or wrong API key (401), an unknown model (404), a body that does not
+arrive in time (408), a body over the size limit (413), too many requests in flight (429), a model
+still loading or unhealthy (503).  A failure inside the gateway is a 500 whose message holds the request id (also
 in the ``X-Request-Id`` header of every response) and nothing internal; the log has the traceback.
 """
 
@@ -65,7 +64,7 @@ class BodyLimit:
             return await self._refuse(413, f"request body is larger than {self.limit} bytes", "request_too_large", scope, receive, send)
         chunks: list[bytes] = []
         seen = 0
-        early: dict | None = None  # a disconnect while reading, handed on as is
+        early: dict | None = None  # a disconnect while reading
 
         async def read() -> None:
             nonlocal seen, early
@@ -83,13 +82,16 @@ class BodyLimit:
                     return
 
         try:
-            await asyncio.wait_for(read(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no task per request, unlike wait_for
+                await read()
         except _BodyTooLarge:
             return await self._refuse(413, f"request body is larger than {self.limit} bytes", "request_too_large", scope, receive, send)
         except TimeoutError:
             return await self._refuse(408, f"the request body did not arrive within {self.timeout_s:g} s", "request_timeout",
                                       scope, receive, send)
-        replay: dict | None = early or {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        if early is not None:  # the client left before its body was complete: nobody to answer
+            return None
+        replay: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
         async def replayed() -> dict:
             nonlocal replay

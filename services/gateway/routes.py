@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,18 +39,31 @@ from services.gateway.serving import DONE, ServingChat, ServingCompletion, Servi
 log = logging.getLogger("autothink.gateway")
 
 IGNORED_HEADER = "x-autothink-ignored-fields"
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_HEADER_NAMES = 32  # names shown in the header; the rest are counted
+_LOG_NAMES = 256  # distinct names logged per process: clients choose them, so the set must not grow for ever
 _logged_ignored: set[str] = set()  # field names already logged (once per name and process, as vLLM does)
 
 
-def ignored(req: Any) -> list[str]:
-    """The request's unused fields (a 400 for one that would change the result), each logged once."""
+def ignored(req: Any) -> str | None:
+    """The ``x-autothink-ignored-fields`` value of a request (None: every field used); a field that
+    would change the result is a 400 instead (:func:`ignored_fields`).  Each name is logged once.
+    Names come from the client: only plain ones are shown, at most 32, the others counted.
+
+    >>> ignored(ChatCompletionRequest(messages=[{"role": "user", "content": "q"}], user="u", **{"a b": 1}))
+    'user, (+1 more)'
+    """
     names = ignored_fields(req)
+    if not names:
+        return None
     new = [n for n in names if n not in _logged_ignored]
-    if new:
+    if new and len(_logged_ignored) < _LOG_NAMES:
         _logged_ignored.update(new)
         log.warning("request fields this gateway does not use (ignored; listed in the %s response header): %s",
-                    IGNORED_HEADER, ", ".join(new))
-    return names
+                    IGNORED_HEADER, ", ".join(repr(n)[:70] for n in new[:_HEADER_NAMES]))
+    shown = [n for n in names if _FIELD_NAME.fullmatch(n)][:_HEADER_NAMES]
+    rest = len(names) - len(shown)
+    return ", ".join(shown + ([f"(+{rest} more)"] if rest else []))
 
 
 class Slots:
@@ -152,14 +166,14 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def serve(request: Request, create: Callable[[str], Awaitable[Any]], ignored_names: list[str] | None = None) -> Any:
+async def serve(request: Request, create: Callable[[str], Awaitable[Any]], ignored_header: str | None = None) -> Any:
     """Admit, run ``create(request_id)`` while watching the connection, answer; the request's
     ignored fields go in the ``x-autothink-ignored-fields`` header."""
     gw = gateway(request)
     rid = request.state.request_id
     headers = {"X-Request-Id": rid}
-    if ignored_names:
-        headers[IGNORED_HEADER] = ", ".join(ignored_names)
+    if ignored_header:
+        headers[IGNORED_HEADER] = ignored_header
     if not gw.engine.ready:
         why = gw.engine.problem() if hasattr(gw.engine, "problem") else gw.engine.error
         raise ApiError(503, f"the model is not ready: {why}" if why else "the model is not ready; retry when /ready answers 200",

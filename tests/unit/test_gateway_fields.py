@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from autothink import weights as W
+from services.gateway import routes
 from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
 from services.gateway.generation import Plan, Sampling
@@ -139,7 +140,8 @@ def test_no_op_values_of_unsupported_fields_are_accepted_and_reported():
 # -- item 5: ignored, and said so
 
 
-def test_other_fields_are_listed_in_a_header_and_logged_once(caplog):
+def test_other_fields_are_listed_in_a_header_and_logged_once(caplog, monkeypatch):
+    monkeypatch.setattr(routes, "_logged_ignored", set())
     caplog.set_level(logging.WARNING, logger="autothink.gateway")
     body = {"messages": [{"role": "user", "content": "q", "name": "ann"}], "user": "u-1", "metadata": {"k": "v"},
             "max_tokens": 8, "temprature": 0.1, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
@@ -155,6 +157,22 @@ def test_other_fields_are_listed_in_a_header_and_logged_once(caplog):
     _, client = _client()
     r = _post(client, "/v1/completions", {"prompt": "1+1", "max_tokens": 4, "user": "u-1", "suffix": ""})
     assert r.status_code == 200 and r.headers["x-autothink-ignored-fields"] == "suffix, user"
+
+
+def test_the_header_and_the_log_stay_bounded_whatever_names_a_client_sends(caplog, monkeypatch):
+    monkeypatch.setattr(routes, "_logged_ignored", set())
+    caplog.set_level(logging.WARNING, logger="autothink.gateway")
+    names = {f"f{i}": 1 for i in range(300)} | {"evil\r\nx-injected: 1": 1, "é": 1}
+    _, client = _client()
+    r = _post(client, "/v1/chat/completions", {"messages": MSG, "max_tokens": 4, **names})
+    assert r.status_code == 200 and "x-injected" not in r.headers
+    shown = r.headers["x-autothink-ignored-fields"].split(", ")
+    assert len(shown) == 33 and shown[-1] == "(+270 more)"
+    assert all(len(rec.getMessage()) < 4000 for rec in caplog.records)
+    assert len(routes._logged_ignored) == 302
+    _, client = _client()
+    assert _post(client, "/v1/chat/completions", {"messages": MSG, "max_tokens": 4, "another": 1}).status_code == 200
+    assert "another" not in routes._logged_ignored  # past the cap nothing more is remembered
 
 
 def test_generate_still_refuses_unknown_fields():
