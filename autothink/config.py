@@ -38,9 +38,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+EMBEDDED_TOY = "embedded:toy"
+
+
+def embedded_toy_path() -> str:
+    """The toy model committed with the package (autothink/toy/model/: one fixed artifact, so that
+    every machine trains and tests the same weights; ``autothink toy build`` remakes one)."""
+    return str(Path(__file__).resolve().parent / "toy" / "model")
+
+
 class ModelConfig(Strict):
-    path: str = Field(description="Local Hugging Face folder of the policy (no hub downloads).")
+    path: str = Field(description=f"Local Hugging Face folder of the policy (no hub downloads); '{EMBEDDED_TOY}': the toy "
+                      "model committed with the package.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @field_validator("path")
+    @classmethod
+    def _embedded(cls, v: str) -> str:
+        return embedded_toy_path() if v == EMBEDDED_TOY else v
 
 
 class RewardConfig(Strict):
@@ -79,6 +94,11 @@ class StageConfig(Strict):
     penalty_slope: float = Field(2.0, ge=0)
     alpha: float = Field(0.0, ge=0, description="Length shaping of correct samples (stage 3).")
     beta: float = Field(0.0, ge=0, description="Length shaping of wrong samples (stage 3).")
+    credit_wrong_answers: bool = Field(
+        False, description="The reference's GRPO gives a wrong think answer (reward 0) a positive advantage in a group "
+        "whose direct answers fail (-1), and so reinforces wrong and runaway traces; false (the default, a change from "
+        "the reference) sets a not-correct answer's positive advantage to 0 (autothink.rewards.no_credit_for_wrong). "
+        "true: the reference's rule.")
 
     @property
     def samples_per_batch(self) -> int:
@@ -174,6 +194,29 @@ class LoggingConfig(Strict):
     collapse_min_level_samples: int = Field(8, ge=1, description="A level with fewer samples in a batch is not judged that step.")
 
 
+class MonitorConfig(Strict):
+    """The degeneration alarm (autothink.monitor.DegenerationMonitor): think-mode accuracy well
+    below its running best while think answers grow or get cut at the length cap -- a run that
+    keeps both modes (the collapse alarm stays silent) but loses the quality of its thinking."""
+
+    on_degeneration: Literal["warn", "stop"] = Field(
+        "warn", description="warn: log, /metrics, dashboard and trackers; stop: also end the run with a checkpoint "
+        "(the learner exits with status 3 and says why).")
+    degeneration_window: int = Field(5, ge=1, description="Steps each series is smoothed over.")
+    degeneration_drop: float = Field(0.35, gt=0, lt=1, description="Smoothed think accuracy below (1 - drop) x its best.")
+    degeneration_length_rise: float = Field(1.15, ge=1, description="... while think answers are this much longer than at the best,")
+    degeneration_truncation_rise: float = Field(0.05, ge=0, description="... or cut at the cap this much more often.")
+    degeneration_severe_drop: float = Field(0.5, gt=0, lt=1, description="Below (1 - severe_drop) x its best alone is enough.")
+    degeneration_steps: int = Field(3, ge=1, description="Consecutive degenerate steps before the alarm rises.")
+
+    @model_validator(mode="after")
+    def _drops(self) -> "MonitorConfig":
+        if self.degeneration_drop > self.degeneration_severe_drop:
+            raise ValueError(f"degeneration_drop {self.degeneration_drop} must not exceed degeneration_severe_drop "
+                             f"{self.degeneration_severe_drop}")
+        return self
+
+
 class RunConfig(Strict):
     """A whole experiment: model, data, stage schedule, optimiser and plumbing."""
 
@@ -190,6 +233,7 @@ class RunConfig(Strict):
     weights: WeightSyncConfig = WeightSyncConfig()
     output_dir: str = "runs/autothink"
     logging: LoggingConfig = LoggingConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @field_validator("stages")
     @classmethod

@@ -189,19 +189,19 @@ def services(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
 
 @pytest.fixture(scope="session")
 def toy_model() -> tuple[Path, dict, list[str]]:
-    """The default toy build (what `make demo` and the benchmarks use), shared by the session.
-
-    Built through the real CLI into .cache/toy-model, so a second session reuses it (the build's
-    own cache, keyed by its settings); returns (folder, summary, the command that built it).
-    """
+    """The embedded toy model (autothink/toy/model/, committed with its manifest): what `make demo`
+    and the benchmarks use, the same weights on every machine.  Returns (folder, the build's
+    summary from its manifest, the command that rebuilds it).  Tests must not write into it."""
     import json
 
-    out = ROOT / ".cache" / "toy-model"
+    from autothink.config import embedded_toy_path
+    from autothink.toy.build import MANIFEST
+
+    out = Path(embedded_toy_path())
+    assert (out / "model.safetensors").is_file(), f"the embedded toy model is missing from {out}"
     autothink = str(Path(sys.executable).with_name("autothink"))
     cmd = [autothink, "toy", "build", "--out", str(out), "--quiet"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, json.loads(r.stdout.strip().splitlines()[-1]), cmd
+    return out, json.loads((out / MANIFEST).read_text())["summary"], cmd
 
 
 # ---------------------------------------------------------------------------- nothing left behind

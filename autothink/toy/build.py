@@ -39,7 +39,7 @@ class ToySettings(Strict):
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    sft_steps: int = Field(800, ge=1)
+    sft_steps: int = Field(1600, ge=1, description="800 left think mode weak at levels 7-8 (0.12-0.73 across machines); 1600: 0.94+ (BENCHMARKS: bench-toy-build)")
     batch_size: int = Field(64, ge=1)
     lr: float = 2e-3
     micro_batches: int = Field(4, ge=1, description="Length-sorted pieces of each batch (less padding, same gradient).")
@@ -85,8 +85,12 @@ def easy_direct_acc(levels: list[dict[str, Any]]) -> float:
     return sum(r["ellipsis_direct_acc"] * r["ellipsis_no_think_rate"] for r in easy) / weight
 
 
+BUILD_TARGET = "build within 5 minutes"  # the one target about the machine, not the model
+
+
 def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[str, bool]:
-    """The toy model's acceptance targets, each by name.
+    """The toy model's acceptance targets, each by name (:data:`BUILD_TARGET` is the build's time;
+    the others are the model's quality, which :func:`weak_model_targets` gates runs on).
 
     >>> lv = [{"level": l, "think_acc": 1.0, "no_think_acc": 1.0 if l < 3 else 0.2, "ellipsis_no_think_rate": 0.5,
     ...        "think_tokens": 30.0 * l, "minimal_think_tokens": 18.0 * l} for l in (1, 2, 8)]
@@ -100,7 +104,7 @@ def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[s
     last = levels[-1]
     easy = [r for r in levels if r["level"] <= 2]
     out = {
-        "build within 5 minutes": summary["build_seconds"] <= max_seconds,
+        BUILD_TARGET: summary["build_seconds"] <= max_seconds,
         "no-think rate 0.3..0.7 at every level": all(0.3 <= r["ellipsis_no_think_rate"] <= 0.7 for r in levels),
         "levels 1-2: think >= 0.9, direct answers >= 0.85": all(r["think_acc"] >= 0.9 for r in easy) and easy_direct_acc(levels) >= 0.85,
         "hardest level: think beats no-think by >= 0.3": last["think_acc"] - last["no_think_acc"] >= 0.3,
@@ -110,6 +114,44 @@ def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[s
         minimal = sum(r["minimal_think_tokens"] for r in levels)
         out["standard prompt overthinks: >= 1.5x the minimal trace"] = think >= 1.5 * minimal
     return out
+
+
+def weak_model_targets(model_dir: str | Path) -> list[str] | None:
+    """The quality targets a toy build in ``model_dir`` missed, from its manifest (the build's own
+    evaluation, on the machine that built it); None when the folder is not a toy build.  A run on
+    such a model cannot show the method: the demo, ``up`` and the learner stop on it unless told
+    ``--allow-weak-model``.
+
+    >>> weak_model_targets("/nonexistent") is None
+    True
+    """
+    manifest = Path(model_dir) / MANIFEST
+    if not manifest.is_file():
+        return None
+    summary = json.loads(manifest.read_text()).get("summary") or {}
+    if not summary.get("levels"):
+        return ["the manifest has no evaluation summary (an interrupted build?)"]
+    return [name for name, ok in check_targets(summary).items() if not ok and name != BUILD_TARGET]
+
+
+FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         "chat_template.jinja", "data/train.jsonl", "data/eval.jsonl")
+
+
+def file_digests(out: Path) -> dict[str, str]:
+    """sha256 of each file of the build that exists (what the manifest records and a check compares)."""
+    return {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in FILES if (out / name).is_file()}
+
+
+def verify_files(out: str | Path) -> list[str]:
+    """Files of a toy folder whose sha256 differs from its manifest's (missing ones included);
+    empty when the folder is exactly what was built.  Raises ValueError on a manifest without digests."""
+    out = Path(out)
+    recorded = json.loads((out / MANIFEST).read_text()).get("files")
+    if not recorded:
+        raise ValueError(f"{out / MANIFEST} records no file digests (built before they were recorded)")
+    now = file_digests(out)
+    return sorted(name for name, digest in recorded.items() if now.get(name) != digest)
 
 
 def cached_summary(out: Path, settings: ToySettings) -> dict[str, Any] | None:
@@ -281,10 +323,27 @@ def build(out: Path, settings: ToySettings = ToySettings(), progress: bool = Tru
         "params_m": round(sft["params_m"], 3),
         "sft_loss": [round(sft["loss_first"], 4), round(sft["loss_last"], 4)],
     }
-    (out / MANIFEST).write_text(
-        json.dumps({"settings": settings.model_dump(), "settings_digest": settings.digest(), "summary": summary}, indent=2)
-    )
+    (out / MANIFEST).write_text(json.dumps({
+        "settings": settings.model_dump(), "settings_digest": settings.digest(), "summary": summary,
+        "built_on": build_environment(), "files": file_digests(out)}, indent=2))
     return summary
+
+
+def build_environment() -> dict[str, Any]:
+    """What a build's floats depend on besides its settings: the library versions, the thread count
+    and the CPU's vector extensions (torch picks its kernels by them)."""
+    import platform
+
+    import torch
+
+    flags = ""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    isa = sorted({f for f in flags.split() if f.startswith(("avx", "amx", "fma"))})
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "cpu_isa": isa, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def set_threads() -> None:

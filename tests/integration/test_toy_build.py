@@ -1,7 +1,15 @@
-"""The toy build as a user runs it: deterministic, loads in transformers and vLLM, dual-mode."""
+"""The embedded toy model (autothink/toy/model/, committed) and its builder.
+
+The model is one fixed artifact: its files must be the ones its manifest names, and it must meet
+every quality target when evaluated here, on this machine's floats (vLLM sampling at temperature
+0.6; 64 problems a level, so a rate is known to about +-0.06 -- the targets below are met with
+more room than that).  The builder is tested on its own: a small build end to end, the cache, and
+determinism on one machine.
+"""
 
 import hashlib
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,60 +25,118 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def small_build(toy_model):
-    return toy_model
+@pytest.fixture(scope="module")
+def evaluated(toy_model):
+    """The committed model evaluated now (not the summary its manifest carries): per level, the
+    three prompts' accuracy, the ellipsis no-think rate, lengths -- what `check_targets` reads."""
+    from autothink.toy.build import ToySettings, evaluate
+    from autothink.toy.task import eval_split
+
+    out, summary, _ = toy_model
+    settings = ToySettings(**json.loads((out / "autothink_toy.json").read_text())["settings"])
+    levels = evaluate(out, eval_split(settings.seed, settings.eval_per_level), settings)
+    return {"levels": levels, "build_seconds": summary["build_seconds"]}
 
 
-def test_summary_has_every_level(small_build):
-    _, summary, _ = small_build
-    assert [row["level"] for row in summary["levels"]] == list(range(1, 9))
-    for row in summary["levels"]:
+def test_the_committed_files_are_the_ones_the_manifest_names(toy_model):
+    from autothink.toy.build import FILES, verify_files
+
+    out = toy_model[0]
+    manifest = json.loads((out / "autothink_toy.json").read_text())
+    assert set(manifest["files"]) == {f for f in FILES if (out / f).is_file()}
+    assert {"model.safetensors", "tokenizer.json", "config.json", "data/train.jsonl", "data/eval.jsonl"} <= set(manifest["files"])
+    assert verify_files(out) == []
+    assert manifest["settings_digest"] == __import__("autothink.toy.build", fromlist=["ToySettings"]).ToySettings().digest(), \
+        "the committed toy was built with other settings than ToySettings' defaults"
+
+
+def test_the_committed_model_meets_every_quality_target_here(evaluated):
+    from autothink.toy.build import BUILD_TARGET, check_targets
+
+    missed = [name for name, ok in check_targets(evaluated).items() if not ok and name != BUILD_TARGET]
+    assert missed == [], (missed, evaluated["levels"])
+
+
+def test_summary_has_every_level(evaluated):
+    assert [row["level"] for row in evaluated["levels"]] == list(range(1, 9))
+    for row in evaluated["levels"]:
         for key in ("think_acc", "no_think_acc", "ellipsis_acc", "ellipsis_no_think_rate"):
             assert 0.0 <= row[key] <= 1.0
-    assert summary["build_seconds"] > 0
 
 
-def test_the_build_has_the_shape_of_an_untrained_r1_model(small_build):
-    # the README's targets, with room for sampling noise (64 samples a level: about +-0.06)
-    _, summary, _ = small_build
-    levels = summary["levels"]
+def test_the_model_has_the_shape_of_an_untrained_r1_model(evaluated):
+    # with room for sampling noise (64 samples a level: about +-0.06)
+    levels = evaluated["levels"]
     # both modes at every level, at a rate that does not follow difficulty
     rates = [r["ellipsis_no_think_rate"] for r in levels]
-    assert all(0.2 <= x <= 0.8 for x in rates), rates
+    assert all(0.15 <= x <= 0.8 for x in rates), rates
     # easy problems are solved by thinking (and directly: the next test); on the hardest level
-    # thinking wins clearly
-    assert levels[0]["think_acc"] >= 0.85, levels[0]
-    assert levels[-1]["think_acc"] - levels[-1]["no_think_acc"] >= 0.2, levels[-1]
+    # thinking wins clearly (the committed model: think 0.8+, direct 0.0)
+    assert levels[0]["think_acc"] >= 0.9, levels[0]
+    assert levels[-1]["think_acc"] - levels[-1]["no_think_acc"] >= 0.5, levels[-1]
     # direct answers degrade with difficulty; think traces make answers longer
-    assert levels[0]["no_think_acc"] - levels[-1]["no_think_acc"] >= 0.3, levels
+    assert levels[0]["no_think_acc"] - levels[-1]["no_think_acc"] >= 0.5, levels
     assert all(r["think_tokens"] > r["no_think_tokens"] for r in levels)
 
 
-def test_the_build_overthinks_and_answers_easy_problems_directly(small_build):
+def test_the_model_overthinks_and_answers_easy_problems_directly(evaluated):
     # the two R1 properties the toy is built to have (autothink/toy/task.py): think answers carry
     # redundant re-checks (the standard prompt's answers well above the minimal trace), and direct
     # answers are right on the easy levels (1-2) and mostly wrong from level 4 on
-    _, summary, _ = small_build
-    levels = summary["levels"]
+    levels = evaluated["levels"]
     think = sum(r["think_tokens"] for r in levels)
     minimal = sum(r["minimal_think_tokens"] for r in levels)
     assert think >= 1.5 * minimal, (think, minimal)
     # levels 1-2 (easy) direct answers near-perfect, as an R1 model's are: the reward's break-even
     # (p ~ 0.67) then falls between the easy and the hard levels, not inside the easy group
     # (under the ellipsis prompt, whose direct answers the RL stages shape; pooled over both
-    # levels, ~50 samples: ±0.04)
+    # levels, ~35 samples: +-0.05)
     from autothink.toy.build import easy_direct_acc
 
     assert easy_direct_acc(levels) >= 0.8, levels[:2]
     assert all(r["no_think_acc"] <= 0.5 for r in levels[3:]), levels
 
 
-def test_folder_loads_in_transformers_and_answers(small_build):
+def test_a_small_build_end_to_end_writes_a_manifest_that_verifies(tmp_path):
+    """The builder through the real CLI, small: data, tokenizer, SFT, vLLM evaluation, manifest
+    with digests; a changed file is caught; a second call reuses the build."""
+    import sys
+
+    from autothink.toy.build import verify_files
+
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    out = tmp_path / "toy"
+    cmd = [autothink, "toy", "build", "--out", str(out), "--steps", "12", "--eval-per-level", "2", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [row["level"] for row in summary["levels"]] == list(range(1, 9)) and summary["build_seconds"] > 0
+    manifest = json.loads((out / "autothink_toy.json").read_text())
+    assert manifest["built_on"]["torch"] and manifest["built_on"]["threads"] >= 1
+    assert verify_files(out) == []
+    t0 = time.perf_counter()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert "reusing the build" in again.stdout + again.stderr and time.perf_counter() - t0 < 60
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == summary
+    (out / "data" / "eval.jsonl").write_text("{}\n")
+    assert verify_files(out) == ["data/eval.jsonl"]
+
+
+def test_a_copy_of_the_committed_toy_is_reused_not_rebuilt(toy_model, tmp_path):
+    out, summary, cmd = toy_model
+    copy = tmp_path / "toy"
+    shutil.copytree(out, copy)
+    r = subprocess.run([*cmd[:-3], "--out", str(copy), "--quiet"], capture_output=True, text=True, timeout=300, check=True)
+    assert "reusing the build" in r.stdout + r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == summary
+    assert _sha(copy / "model.safetensors") == _sha(out / "model.safetensors")
+
+
+def test_folder_loads_in_transformers_and_answers(toy_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, _, _ = small_build
+    out, _, _ = toy_model
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(model).__name__ == "Qwen2ForCausalLM"
@@ -84,17 +150,6 @@ def test_folder_loads_in_transformers_and_answers(small_build):
     text = tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
     parsed = parse_response(text)
     assert parsed.mode == "think" and parsed.format_ok, text
-
-
-def test_second_call_reuses_the_build(small_build):
-    out, summary, cmd = small_build
-    before = _sha(out / "model.safetensors")
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
-    assert "reusing the build" in r.stdout + r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == summary
-    assert _sha(out / "model.safetensors") == before
-    assert time.perf_counter() - t0 < 60
 
 
 def test_warm_start_is_deterministic(tmp_path):
@@ -113,7 +168,7 @@ def test_warm_start_is_deterministic(tmp_path):
         assert _sha(a / name) == _sha(b / name), name
 
 
-def test_direct_answers_miss_systematically_so_rl_cannot_sharpen_them(small_build):
+def test_direct_answers_miss_systematically_so_rl_cannot_sharpen_them(toy_model):
     """Where the warm start's heuristic is wrong (a level-3/4 problem with a big digit past the
     first three), the model's direct answers are the heuristic's value or another wrong one, never
     (almost) the true sum: there is nothing for RL to sharpen, and only thinking fixes the problem.
@@ -127,7 +182,7 @@ def test_direct_answers_miss_systematically_so_rl_cannot_sharpen_them(small_buil
 
     from autothink.toy.task import GlanceRule, make_problem
 
-    out, _, _ = small_build
+    out, _, _ = toy_model
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     rule, rng = GlanceRule(), random.Random("miss")
