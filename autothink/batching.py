@@ -18,7 +18,7 @@ from typing import Any
 
 from autothink.bus.messages import ScoredGroup
 from autothink.grpo import group_advantages
-from autothink.rewards import ShapingStage, shape_rewards
+from autothink.rewards import ShapingStage, no_credit_for_wrong, shape_rewards
 
 
 @dataclass
@@ -34,6 +34,7 @@ class TrainSample:
     policy_version: int
     level: Any = None
     graded: bool = True  # False: the grader timed out or failed; the sample is left out of training
+    truncated: bool = False  # the engine stopped it at max_tokens (finish_reason "length")
 
 
 @dataclass
@@ -83,6 +84,7 @@ def flatten(groups: Sequence[ScoredGroup]) -> list[TrainSample]:
                     g.group_id, list(g.prompt_token_ids), list(sample.token_ids), list(sample.logprobs),
                     score.mode == "think", bool(score.correct), len(sample.token_ids), float(score.reward),
                     g.policy_version, g.prompt.level, graded=score.correct is not None,
+                    truncated=sample.finish_reason == "length",
                 )
             )
     return out
@@ -114,6 +116,8 @@ def build_batch(groups: Sequence[ScoredGroup], stage: ShapingStage) -> TrainBatc
     samples, ungraded, dropped = graded_only(flatten(groups))
     rewards = shape_rewards(samples, stage)
     advantages = group_advantages(rewards, [s.group_id for s in samples])
+    if not getattr(stage, "credit_wrong_answers", True):
+        advantages = no_credit_for_wrong(advantages, [s.correct for s in samples])
     return TrainBatch(samples, rewards, advantages, ungraded, dropped)
 
 
@@ -126,6 +130,7 @@ def batch_stats(batch: TrainBatch) -> dict[str, Any]:
         by_level[x.level].append(not x.think)
     think_len = [x.length for x in s if x.think]
     direct_len = [x.length for x in s if not x.think]
+    think_cut = [x.truncated for x in s if x.think]
     return {
         "samples": len(s),
         "reward_base": sum(x.reward for x in s) / n,
@@ -135,6 +140,9 @@ def batch_stats(batch: TrainBatch) -> dict[str, Any]:
         "no_think_rate_by_level": {str(k): round(sum(v) / len(v), 4) for k, v in sorted(by_level.items(), key=lambda kv: str(kv[0]))},
         "mean_length_think": sum(think_len) / len(think_len) if think_len else 0.0,
         "mean_length_no_think": sum(direct_len) / len(direct_len) if direct_len else 0.0,
+        "think_samples": len(think_len),
+        "truncation_rate": sum(x.truncated for x in s) / n,
+        "truncation_rate_think": sum(think_cut) / len(think_cut) if think_cut else 0.0,
         "policy_versions": sorted({x.policy_version for x in s}),
         "ungraded_samples": batch.ungraded,
         "groups_without_baseline": batch.groups_without_baseline,

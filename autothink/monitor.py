@@ -167,3 +167,116 @@ def mode_stats(samples: Iterable[Any]) -> dict[str, Any]:
         "accuracy_no_think": sum(direct) / len(direct) if direct else None,
         "samples_by_level": dict(sorted(levels.items())),
     }
+
+
+# ------------------------------------------------------------------------------ degeneration
+# The second way a run fails, which the collapse alarm cannot see: both modes stay alive but the
+# *quality* of thinking falls.  Seen on the toy (issue #31, a weak warm start): batch think
+# accuracy 0.88 at step 0, 0.46 at step 20, 0.13 at step 45, while think answers grew from 67 to
+# 195 tokens (cap 256).  The mechanism is the reference reward under GRPO: a wrong think answer
+# (0) or a truncated one (format error, 0) beats a wrong direct answer (-1), so in a group whose
+# direct answers fail, wrong and runaway traces get a positive advantage and grow.
+
+
+@dataclass(frozen=True)
+class Degeneration:
+    """Think-mode accuracy well below its running best while think answers grow or get cut."""
+
+    step: int  # the step the alarm rose (or the latest step while it is up)
+    since_step: int  # first step of the run of degenerate steps
+    steps: int  # consecutive degenerate steps
+    accuracy: float  # smoothed think accuracy now
+    best_accuracy: float  # its running best
+    best_step: int
+    length: float  # smoothed mean think length now
+    best_length: float  # ... when the accuracy was at its best
+    truncation: float  # smoothed share of think answers cut at the length cap now
+    best_truncation: float
+
+    def describe(self) -> str:
+        """
+        >>> Degeneration(24, 20, 5, 0.41, 0.87, 2, 96.0, 68.0, 0.02, 0.0).describe()
+        'think accuracy 0.41, 0.47x its best (0.87 at step 2) for 5 steps since step 20, while think answers grew 68 -> 96 tokens (truncated 0.00 -> 0.02)'
+        """
+        return (f"think accuracy {self.accuracy:.2f}, {self.accuracy / self.best_accuracy:.2f}x its best "
+                f"({self.best_accuracy:.2f} at step {self.best_step}) for {self.steps} steps since step {self.since_step}, "
+                f"while think answers grew {self.best_length:.0f} -> {self.length:.0f} tokens "
+                f"(truncated {self.best_truncation:.2f} -> {self.truncation:.2f})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "message": self.describe()}
+
+
+class DegenerationMonitor:
+    """Watches think-mode accuracy, mean think length and the think truncation rate of each step.
+
+    Each series is smoothed over the last ``window`` steps (a batch of 16 prompts x 8 samples has
+    ~64 think samples: its accuracy alone is +-0.06).  A step is degenerate when the smoothed
+    think accuracy is below ``(1 - drop)`` x its running best *and* think answers got longer
+    (smoothed length >= ``length_rise`` x the length at the best) or are cut more often (smoothed
+    truncation rate >= the rate at the best + ``truncation_rise``).  The alarm rises after
+    ``patience`` consecutive degenerate steps and clears at the first healthy one.  A step with
+    fewer than ``min_think_samples`` think samples (``think_samples``, where the row has it) says
+    too little and is skipped.
+
+    Both conditions, because each alone happens in a healthy run: once the policy thinks only on
+    hard problems the batch's think accuracy falls (harder problems) and its think answers grow
+    (longer problems), by ~15 % and ~20 % on the toy; a run that degenerates loses half its think
+    accuracy within 20 steps.  A fall below ``(1 - severe_drop)`` x the best is enough on its own
+    (a toy run lost think accuracy 0.93 -> 0.16 within 20 steps before its traces grew).
+
+    >>> m = DegenerationMonitor(window=1, patience=2)
+    >>> rows = [{"step": k, "accuracy_think": a, "mean_length_think": n, "truncation_rate_think": 0.0}
+    ...         for k, (a, n) in enumerate([(0.9, 60), (0.9, 60), (0.5, 80), (0.4, 90), (0.4, 95)])]
+    >>> [m.update(r) is not None for r in rows]
+    [False, False, False, True, True]
+    >>> m.alarm.since_step, m.alarm.steps
+    (2, 3)
+    """
+
+    def __init__(self, window: int = 5, drop: float = 0.35, length_rise: float = 1.15, truncation_rise: float = 0.05,
+                 patience: int = 3, min_think_samples: int = 8, severe_drop: float = 0.5):
+        if window < 1 or patience < 1:
+            raise ValueError(f"window and patience must be >= 1, got {window}, {patience}")
+        if not 0 < drop <= severe_drop < 1:
+            raise ValueError(f"need 0 < drop <= severe_drop < 1, got {drop}, {severe_drop}")
+        self.window, self.drop, self.length_rise, self.truncation_rise = window, drop, length_rise, truncation_rise
+        self.severe_drop = severe_drop
+        self.patience, self.min_think_samples = patience, min_think_samples
+        self._recent: list[tuple[float, float, float]] = []
+        self._best: tuple[float, int, float, float] | None = None  # accuracy, step, length, truncation
+        self._run: tuple[int, int] | None = None  # since_step, steps
+        self.alarm: Degeneration | None = None
+
+    def update(self, row: Mapping[str, Any]) -> Degeneration | None:
+        """Feed one step's metrics row; returns the alarm while it is up, else None."""
+        acc = row.get("accuracy_think")
+        if acc is None or row.get("think_samples", self.min_think_samples) < self.min_think_samples:
+            return self.alarm
+        step = int(row["step"])
+        self._recent = [*self._recent, (float(acc), float(row.get("mean_length_think") or 0.0),
+                                        float(row.get("truncation_rate_think") or 0.0))][-self.window:]
+        n = len(self._recent)
+        a, length, trunc = (sum(x[i] for x in self._recent) / n for i in range(3))
+        if n < self.window and self._best is None:
+            return self.alarm  # the first full window sets the baseline
+        if self._best is None or a > self._best[0]:
+            self._best = (a, step, length, trunc)
+        best_a, best_step, best_len, best_trunc = self._best
+        bad = a < (1 - self.severe_drop) * best_a or (
+            a < (1 - self.drop) * best_a and (length >= self.length_rise * best_len or trunc >= best_trunc + self.truncation_rise))
+        if not bad:
+            self._run, self.alarm = None, None
+            return None
+        since, steps = self._run if self._run is not None else (step, 0)
+        self._run = (since, steps + 1)
+        if steps + 1 >= self.patience:
+            self.alarm = Degeneration(step, since, steps + 1, round(a, 4), round(best_a, 4), best_step, round(length, 1),
+                                      round(best_len, 1), round(trunc, 4), round(best_trunc, 4))
+        return self.alarm
+
+    def replay(self, rows: Iterable[Mapping[str, Any]]) -> Degeneration | None:
+        """Feed rows already logged (a resumed run) and return the state after the last."""
+        for row in rows:
+            self.update(row)
+        return self.alarm

@@ -141,19 +141,30 @@ def _load_run(source: str, set_: list[str] | None):
         _fail(str(e))
 
 
-def _ensure_model(run) -> None:  # type: ignore[no-untyped-def]
-    """Build the toy model when the experiment uses the toy task and the folder is not there yet."""
+def _ensure_model(run, allow_weak: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Build the toy model when the experiment uses the toy task and the folder is not there yet;
+    then refuse a toy build that missed its quality targets (a run on it cannot show the method:
+    on a weak warm start the RL stages train on quietly and degrade), unless ``allow_weak``."""
     from pathlib import Path
 
-    if (Path(run.model.path) / "config.json").is_file():
-        return
-    if run.data.source != "toy":
-        _fail(f"model folder {run.model.path} not found")
-    from autothink.toy.build import ToySettings, build, set_threads
+    from autothink.toy.build import ToySettings, build, set_threads, weak_model_targets
 
-    typer.echo(f"building the toy model into {run.model.path} (once; about 5 minutes on 2 cores) ...", err=True)
-    set_threads()
-    build(Path(run.model.path), ToySettings(), progress=True)
+    if not (Path(run.model.path) / "config.json").is_file():
+        if run.data.source != "toy":
+            _fail(f"model folder {run.model.path} not found")
+        typer.echo(f"building the toy model into {run.model.path} (once; about 10 minutes on 2 cores) ...", err=True)
+        set_threads()
+        build(Path(run.model.path), ToySettings(), progress=True)
+    missed = weak_model_targets(run.model.path)
+    if missed:
+        lines = "\n".join(f"  [MISSED] {name}" for name in missed)
+        if allow_weak:
+            typer.secho(f"warning: the toy model in {run.model.path} missed its targets (training anyway: --allow-weak-model):\n{lines}",
+                        fg=typer.colors.YELLOW, err=True)
+            return
+        _fail(f"the toy model in {run.model.path} missed its targets, so a run on it cannot show what AutoThink does:\n{lines}\n"
+              "Use the embedded toy (model.path: embedded:toy), rebuild with another seed (autothink toy build --seed N), "
+              "or pass --allow-weak-model to train on it anyway (the degeneration alarm will likely fire).")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -213,6 +224,9 @@ def _train(run, opts, quiet_bar: bool = False):  # type: ignore[no-untyped-def]
 
 
 ExperimentArg = Annotated[str, typer.Argument(help="A YAML file or a preset name (see `autothink config presets`).")]
+AllowWeak = Annotated[bool, typer.Option(
+    "--allow-weak-model", help="Train on a toy build that missed its quality targets (refused by default: such a run cannot show "
+    "the method and tends to degenerate; the degeneration alarm watches for it).")]
 
 
 @app.command()
@@ -232,6 +246,7 @@ def up(
     resume: Annotated[bool, typer.Option(help="Continue from the learner's checkpoint in the output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="Service logs to RUN/logs only, not to the console.")] = False,
     exit_when_trained: Annotated[bool, typer.Option(help="Stop everything once trained instead of serving.")] = False,
+    allow_weak_model: AllowWeak = False,
 ) -> None:
     """Start the whole system on this machine, train, then serve the result.
 
@@ -245,7 +260,7 @@ def up(
     run = _load_run(experiment, set_)
     if (why := check_exposure(GatewayConfig(host=host, api_key=api_key))) is not None:
         _fail(why)
-    _ensure_model(run)
+    _ensure_model(run, allow_weak_model)
     opts = UpOptions(run_id=run_id, gateway_host=host, gateway_port=port, api_key=api_key, redis_url=redis_url,
                      learner_procs=learner_procs, cpu_split=cpu_split, resume=resume, echo=not quiet)
     stack = _train(run, opts)
@@ -267,6 +282,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
     set_: SetOpt = None,
     serve: Annotated[bool, typer.Option(help="Keep serving the trained model afterwards (Ctrl-C stops).")] = True,
+    allow_weak_model: AllowWeak = False,
 ) -> None:
     """The main job: toy model, three AutoThink stages, evaluation, report, then serving.
 
@@ -282,7 +298,7 @@ def demo(
 
     t0 = time.time()
     run = _load_run("toy", set_)
-    _ensure_model(run)
+    _ensure_model(run, allow_weak_model)
     typer.echo("training: redis + reward + rollout (vLLM) + learner (DeepSpeed) + gateway, logs in "
                f"{Path(run.output_dir).resolve() / 'logs'}", err=True)
     stack = _train(run, UpOptions(run_id="demo", gateway_port=port, echo=False))

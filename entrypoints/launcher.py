@@ -34,7 +34,10 @@ COLORS = {"redis": 31, "reward": 33, "rollout": 36, "learner": 35, "gateway": 32
 
 class ServiceDied(RuntimeError):
     def __init__(self, name: str, code: int | None, tail: str):
-        super().__init__(f"the {name} service exited with code {code}")
+        what = f"the {name} service exited with code {code}"
+        if name == "learner" and code == 3:  # services.learner.worker.EXIT_STOPPED
+            what += " (stopped by the degeneration alarm, monitor.on_degeneration: stop; a checkpoint was written)"
+        super().__init__(what)
         self.name, self.code, self.tail = name, code, tail
 
 

@@ -50,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
             "finished": finished.is_set()}), registry)
         add_dashboard(app, lambda: learner_data(learner, finished.is_set()))  # GET /dashboard: the live page
         server = serve_in_thread(app, svc.host, svc.metrics_port)
+    from services.learner.worker import EXIT_STOPPED, TrainingStopped
+
     try:
-        learner.run(svc.max_steps)
+        try:
+            learner.run(svc.max_steps)
+        except TrainingStopped as e:
+            logging.getLogger("autothink.learner").error("training stopped: %s", e)
+            return EXIT_STOPPED
         learner.trainer.close()  # every rank finished the schedule: leave the process group together
         finished.set()
         if svc.serve_after_finish and learner.rank == 0:

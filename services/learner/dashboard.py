@@ -3,7 +3,7 @@
 
 The page draws the think rate by difficulty level over the steps (the paper's Fig. 2 forming
 while it trains), accuracy and mean length by mode, reward, staleness and the current stage, with
-a banner while the mode-collapse alarm is up.  Every chart line carries its points in a
+a banner while the mode-collapse alarm is up and another while the degeneration alarm is.  Every chart line carries its points in a
 ``data-points`` attribute, so a test (or a curious reader) can check the picture against the log.
 """
 
@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 # the row fields the page uses (group ids and timings stay in metrics.jsonl)
 FIELDS = ("step", "stage", "policy_version", "policy_versions", "samples", "think_rate", "no_think_rate_by_level",
           "accuracy", "accuracy_think", "accuracy_no_think", "mean_length_think", "mean_length_no_think",
-          "reward_base", "reward_shaped", "mode_collapse")
+          "reward_base", "reward_shaped", "mode_collapse", "truncation_rate_think", "degeneration")
 
 
 def page() -> str:
@@ -59,4 +59,6 @@ def learner_data(learner: Any, finished: bool) -> dict[str, Any]:
         read_rows(watch.metrics_path), run=learner.run_cfg.name, stages=watch.stages, total_steps=watch.total_steps,
         step=step, policy_version=learner.state["policy_version"], stage=current, finished=finished,
         alarm=watch.status.to_json(), collapse_epsilon=cfg.collapse_epsilon, collapse_steps=cfg.collapse_steps,
+        degeneration=watch.degenerate.to_json() if watch.degenerate is not None else None,
+        on_degeneration=watch.on_degeneration,
     )

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Gauge
 
 from autothink.config import RunConfig
-from autothink.monitor import BATCH, CollapseMonitor, Status, mode_stats
+from autothink.monitor import BATCH, CollapseMonitor, Degeneration, DegenerationMonitor, Status, mode_stats
 
 log = logging.getLogger("autothink.learner")
 
@@ -189,8 +189,19 @@ class RunWatch:
                            f"1 while the think rate of the batch or of a level has stayed above 1-{cfg.collapse_epsilon} or below "
                            f"{cfg.collapse_epsilon} for {cfg.collapse_steps}+ steps (mode collapse)", ["scope"], registry=registry)
         self.gauge.labels(scope=BATCH).set(0)
+        mon = run.monitor
+        self.on_degeneration = mon.on_degeneration
+        self.degeneration = DegenerationMonitor(mon.degeneration_window, mon.degeneration_drop, mon.degeneration_length_rise,
+                                                mon.degeneration_truncation_rise, mon.degeneration_steps,
+                                                severe_drop=mon.degeneration_severe_drop)
+        self.g_degenerate = Gauge("autothink_learner_degeneration",
+                                  "1 while think-mode accuracy is well below its running best and think answers grow or get "
+                                  "cut at the length cap (monitor.degeneration_*)", registry=registry)
         self.trackers = open_trackers(run)
-        self.status: Status = self.monitor.replay(read_rows(metrics_path))  # a resumed run carries on counting
+        rows = read_rows(metrics_path)
+        self.status: Status = self.monitor.replay(rows)  # a resumed run carries on counting
+        self.degenerate: Degeneration | None = self.degeneration.replay(rows)
+        self.g_degenerate.set(int(self.degenerate is not None))
 
     def record(self, row: dict[str, Any], batch: Any) -> None:
         """Before ``row`` is written: add what only the batch knows, then judge and forward it."""
@@ -212,6 +223,15 @@ class RunWatch:
             self.gauge.labels(scope=scope).set(0)
         for alarm in status.alarms:
             self.gauge.labels(scope=alarm.scope).set(1)
+        was = self.degenerate
+        self.degenerate = self.degeneration.update(row)
+        row["degeneration"] = self.degenerate is not None
+        if self.degenerate is not None and was is None:
+            log.warning("DEGENERATION: %s (monitor.degeneration_*; on_degeneration: %s)", self.degenerate.describe(),
+                        self.on_degeneration)
+        elif self.degenerate is None and was is not None:
+            log.info("think accuracy recovered at step %s: the degeneration alarm is down", row["step"])
+        self.g_degenerate.set(int(self.degenerate is not None))
         metrics = flatten(row)
         for tracker in list(self.trackers):
             try:
@@ -219,6 +239,11 @@ class RunWatch:
             except Exception:
                 log.exception("tracker %s failed; no longer logging to it", type(tracker).__name__)
                 self.trackers.remove(tracker)
+
+    @property
+    def should_stop(self) -> bool:
+        """The degeneration alarm is up and the run was told to stop on it."""
+        return self.degenerate is not None and self.on_degeneration == "stop"
 
     def close(self) -> None:
         for tracker in self.trackers:

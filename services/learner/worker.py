@@ -218,7 +218,9 @@ class Learner:
                     f.write(json.dumps(row) + "\n")
                 _crash_point("row_written", k + 1)
             every = self.svc.checkpoint_every
-            if (every and (k + 1) % every == 0) or k + 1 == len(self.steps):
+            # monitor.on_degeneration: stop -- decided on rank 0 (it holds the metrics), obeyed by all
+            stop = self._broadcast(self.rank == 0 and self.watch.should_stop)
+            if (every and (k + 1) % every == 0) or k + 1 == len(self.steps) or stop:
                 self.checkpoint()
             if self.svc.save_stage_models and (k + 1 == len(self.steps) or self.steps[k + 1].stage_index != step.stage_index):
                 self.trainer.save_hf(self.out / "stages" / step.stage.name, tokenizer_from=Path(self.run_cfg.model.path))
@@ -236,6 +238,10 @@ class Learner:
                 self.g_tokens_s.set(row["tokens_per_s"])
                 self.g_peak.set(row["peak_memory_bytes"])
                 bar.set_postfix(stage=step.stage.name, reward=f"{row['reward_shaped']:.2f}", think=f"{row['think_rate']:.2f}", acc=f"{row['accuracy']:.2f}")
+            if stop:
+                why = self.watch.degenerate.describe() if self.rank == 0 and self.watch.degenerate else "the degeneration alarm"
+                log.error("stopping at step %d (monitor.on_degeneration: stop): %s; checkpoint in %s", k + 1, why, self.out / "checkpoint")
+                raise TrainingStopped(f"degeneration alarm at step {k + 1}: {why}")
 
     def _publish(self, version: int, state: dict) -> None:
         """Copy the weights into the store now; checksum and announce them on a background thread
@@ -319,6 +325,13 @@ class Learner:
             self.store.flush()
             self.store.close()
             self.server.stop(grace=1).wait()
+
+
+class TrainingStopped(RuntimeError):
+    """The run ended early on purpose (``monitor.on_degeneration: stop``), after a checkpoint."""
+
+
+EXIT_STOPPED = 3  # the learner's exit status when a monitor stopped the run (the launcher names the alarm)
 
 
 def _crash_point(point: str, step: int) -> None:
