@@ -76,7 +76,12 @@ class GRPOTrainer:
         chunked_logprobs: bool = True,
         logprob_chunk_tokens: int | None = None,
         packed: bool | None = None,
+        optimizer: Any = None,
     ):
+        """``optimizer``: a factory ``params -> torch.optim.Optimizer`` in place of AdamW (the
+        same-update tests use SGD, whose step is linear in the gradient, so that two splits of a
+        batch can be compared within float32 reduction error; Adam's first step divides each
+        element by its own magnitude and turns a rounding difference next to eps into up to 2 lr)."""
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -100,7 +105,10 @@ class GRPOTrainer:
         if optim.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=(0.9, 0.999))
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=(0.9, 0.999))
+        else:
+            optimizer = optimizer(model.parameters())
         config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from autothink.config import DeepSpeedConfig, OptimConfig  # noqa: E402
 from services.learner.trainer import GRPOTrainer  # noqa: E402
-from tests.integration.test_learner_step import fixed_batch  # noqa: E402
+from tests.integration.test_learner_step import fixed_batch, sgd  # noqa: E402
 
 if __name__ == "__main__":
     model_dir, zero, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -25,7 +25,7 @@ if __name__ == "__main__":
         batch = TrainBatch(batch.samples[:n], batch.rewards[:n], batch.advantages[:n])
     optim = OptimConfig(lr=1e-4, epochs=1, mini_batch_prompts=4, micro_batch_samples=16, gradient_checkpointing=False,
                         max_tokens_per_micro_batch=budget)
-    t = GRPOTrainer(model_dir, optim, DeepSpeedConfig(zero_stage=zero, dtype="float32"))
+    t = GRPOTrainer(model_dir, optim, DeepSpeedConfig(zero_stage=zero, dtype="float32"), optimizer=sgd)  # see assert_same_update
     stats = t.train(batch, groups_per_mini_batch=4, temperature=0.6)
     counts = [None] * t.world
     if t.world > 1:
