@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "required" if cfg.api_key else "off",
     )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10,
-                http=protocol_with_header_timeout(cfg.header_timeout_s))
+                http=protocol_with_header_timeout(cfg.header_timeout_s, cfg.body_timeout_s))
     return 0
 
 

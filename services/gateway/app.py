@@ -40,20 +40,16 @@ _COUNTED = ("/generate", "/v1/chat/completions", "/v1/completions", "/v1/models"
 
 
 class BodyLimit:
-    """ASGI middleware: reads the whole request body before any handler runs, so that
+    """ASGI middleware: reads the whole request body before any handler runs, so that a body over
+    ``limit`` bytes gets 413 whether it announced its length or came in chunks, and reading stops
+    there (#39: a chunked 10 MB body got 400, as FastAPI turned the error raised while it read into
+    a parse error).  The handler then receives the body in one message, and after it the
+    connection's own messages (``http.disconnect``), which the routes watch to abort a departed
+    client's generation.  A body that trickles is cut off below, in the HTTP protocol
+    (:mod:`services.gateway.server`)."""
 
-    * a body over ``limit`` bytes gets 413 whether it announced its length or came in chunks (#39:
-      a chunked 10 MB body got 400, as FastAPI turned the error raised while it read into a parse
-      error), and reading stops there;
-    * a body that does not arrive within ``timeout_s`` of the headers gets 408 and the connection is
-      closed (#39: a body sent at one byte every 3 s held its connection for as long as it went on;
-      the header deadline of server.py ends where the body begins).
-
-    The handler then receives the body in one message, and after it the connection's own messages
-    (``http.disconnect``), which the routes watch to abort a departed client's generation."""
-
-    def __init__(self, app: Any, limit: int, timeout_s: float = 30.0):
-        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -61,37 +57,21 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(413, f"request body is larger than {self.limit} bytes", "request_too_large", scope, receive, send)
+            return await self._too_large(scope, receive, send)
         chunks: list[bytes] = []
         seen = 0
-        early: dict | None = None  # a disconnect while reading
-
-        async def read() -> None:
-            nonlocal seen, early
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    early = message
-                    return
-                body = message.get("body", b"")
-                seen += len(body)
-                if seen > self.limit:
-                    raise _BodyTooLarge()
-                chunks.append(body)
-                if not message.get("more_body", False):
-                    return
-
-        try:
-            async with asyncio.timeout(self.timeout_s):  # no task per request, unlike wait_for
-                await read()
-        except _BodyTooLarge:
-            return await self._refuse(413, f"request body is larger than {self.limit} bytes", "request_too_large", scope, receive, send)
-        except TimeoutError:
-            return await self._refuse(408, f"the request body did not arrive within {self.timeout_s:g} s", "request_timeout",
-                                      scope, receive, send)
-        if early is not None:  # the client left before its body was complete: nobody to answer
-            return None
-        replay: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before its body was complete: nobody to answer
+                return None
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.limit:
+                return await self._too_large(scope, receive, send)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay: dict | None = {"type": "http.request", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks), "more_body": False}
 
         async def replayed() -> dict:
             nonlocal replay
@@ -102,11 +82,10 @@ class BodyLimit:
 
         await self.app(scope, replayed, send)
 
-    @staticmethod
-    async def _refuse(status: int, message: str, code: str, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
+        too_big = ApiError(413, f"request body is larger than {self.limit} bytes", code="request_too_large")
         # Connection: close, as the rest of the body is not read
-        await JSONResponse(ApiError(status, message, code=code).body(), status_code=status,
-                           headers={"Connection": "close"})(scope, receive, send)
+        await JSONResponse(too_big.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -182,7 +161,7 @@ def create_app(cfg: GatewayConfig, engine: Any, registry: CollectorRegistry | No
     app.state.metrics = metrics
     app.state.slots = app.state.gateway.slots
     app.include_router(router)
-    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
     app.add_middleware(RequestIds, metrics=metrics)  # outermost: every answer, a 413 included, has an id
 
     @app.exception_handler(ApiError)

@@ -34,7 +34,7 @@ class GatewayConfig(Strict):
     max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (default: what the model allows).")
     reasoning_effort: EffortBudgets = Field(default_factory=EffortBudgets, description="Thinking budget of each reasoning_effort.")
     header_timeout_s: float = Field(10.0, gt=0, description="Close a connection that has not sent its request headers in this time.")
-    body_timeout_s: float = Field(30.0, gt=0, description="Answer 408 and close a connection whose request body has not arrived this long after its headers.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Answer 408 and close a connection whose request body is not complete this long after its headers.")
     output_interval_tokens: int = Field(
         256, ge=1, description="Requests that do not stream: the engine hands a choice's new tokens to the gateway every "
         "this many tokens (the first and last at once) rather than every token; streaming requests get every token.")

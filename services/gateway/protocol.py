@@ -230,10 +230,11 @@ def ignored_fields(req: BaseModel) -> list[str]:
     services.gateway.protocol.ApiError: echo=True is not supported by this gateway
     """
     top = req.model_extra or {}
-    for name, neutral in UNSUPPORTED.items():
-        if name in top and not neutral(top[name]):
-            raise ApiError(400, f"{name}={top[name]!r} is not supported by this gateway"[:300], param=name, code="unsupported_parameter")
-    names = set(_extras(req))
+    for name, value in top.items():  # the extras, usually none or few: not every entry of the table
+        neutral = UNSUPPORTED.get(name)
+        if neutral is not None and not neutral(value):
+            raise ApiError(400, f"{name}={value!r} is not supported by this gateway"[:300], param=name, code="unsupported_parameter")
+    names = set(top)
     for m in getattr(req, "messages", None) or []:
         names.update(_extras(m, "messages."))
     names.update(_extras(getattr(req, "stream_options", None), "stream_options."))

@@ -24,6 +24,7 @@ from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
 from services.gateway.generation import Plan, Sampling
 from services.gateway.protocol import UNSUPPORTED, ChatCompletionRequest
+from services.gateway.server import protocol_with_header_timeout
 from tests.unit.test_gateway import CLOSE, CharTokenizer, ScriptedModel, _run, _server, _wait_for
 
 MSG = [{"role": "user", "content": "What is 3+4?"}]
@@ -281,8 +282,8 @@ def test_a_chunked_body_over_the_limit_is_413():
 
 def test_a_body_that_trickles_is_cut_off():
     """#39: a body sent at one byte every 3 s stayed open for as long as it went on (> 42 s seen)."""
-    app = create_app(GatewayConfig(body_timeout_s=1.0), ScriptedModel())
-    with _server(app) as (_, port):
+    app = create_app(GatewayConfig(), ScriptedModel())
+    with _server(app, http=protocol_with_header_timeout(10.0, 1.0)) as (_, port):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
         s.settimeout(0.25)
@@ -305,6 +306,28 @@ def test_a_body_that_trickles_is_cut_off():
         s.close()
         assert got.startswith(b"HTTP/1.1 408"), got[:200]
         assert b"request_timeout" in got
+
+
+def test_the_body_deadline_ends_with_the_body():
+    """A whole body disarms the deadline: a generation that takes longer than it, a keep-alive
+    connection's next requests and a body sent in two parts inside the limit are all answered."""
+    model = ScriptedModel(reasoning="x" * 80)
+    model.token_delay = 0.05  # ~4 s of generation: twice the body deadline
+    app = create_app(GatewayConfig(), model)
+    with _server(app, http=protocol_with_header_timeout(10.0, 2.0)) as (base, port):
+        with httpx.Client(timeout=60) as c:
+            for _ in range(2):
+                r = c.post(f"{base}/generate", json={"prompt": "q", "mode": "think"})
+                assert r.status_code == 200 and len(r.json()["reasoning"]) == 80
+        body = json.dumps({"prompt": "q", "max_tokens": 2}).encode()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body[:5])
+        time.sleep(0.2)  # well inside the 2 s deadline
+        s.sendall(body[5:])
+        s.settimeout(30)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.close()
 
 
 def test_docs_and_schema_need_the_key():
