@@ -53,8 +53,9 @@ MAX_ANSWER_CHARS = 1_000
 #: 2 M is about 1 s of sympy on this 2-core machine with the counter on.
 MAX_GRADE_CALLS = 2_000_000
 #: The default wall-clock limit of a grade in the pool: the last guard, well above the budget's
-#: ~1 s, so a loaded machine does not turn the budget's verdict into a timeout.
-DEFAULT_TIMEOUT_S = 5.0
+#: ~1 s: under the M1 flood of issue #39 the budget's 1.3 s stretched to 5 s on this machine, and a
+#: grade the budget lets finish must not become a timeout because the machine is busy.
+DEFAULT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@ POST /grade cannot hurt training or the service (issue #39, M1):
 
 * it grades on a pool of its own (``adhoc_grader_workers``), never on the training stream's;
 * it is async and bounded: at most ``adhoc_grader_workers + adhoc_queue`` requests are admitted
-  (grading or waiting, and a waiting request holds no server thread, only a place in the
-  queue); the next one gets 429 at once, with ``Retry-After`` -- so a flood can neither queue
-  for minutes nor use up the threads ``/health`` needs;
+  (grading or waiting; a waiting request holds no server thread, only a place in the queue), and
+  none whose expected wait (the requests ahead of it times the recent grade time) is over
+  ``adhoc_max_wait_s``; the next one gets 429 at once, with ``Retry-After``, before its body is
+  even read.  An admitted request that still finds no grader free within ``adhoc_max_wait_s``
+  gets the same 429 then.  So no request waits longer than that for a grader, and a flood can
+  use up neither the threads nor the CPU that ``/health`` and the training stream need;
 * it needs the key when one is set, and is closed (403) when none is set and the service listens
   beyond loopback.  The OpenAPI docs (``/docs``, ``/redoc``, ``/openapi.json``) follow the same
   rule; ``/health`` and ``/metrics`` stay open;
@@ -56,6 +59,7 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
     admitted = 0  # requests grading or waiting; touched only on the event loop, so no lock
     recent_s = 0.05  # moving average of one ad-hoc grade, for Retry-After
     executor = ThreadPoolExecutor(max_workers=cfg.adhoc_grader_workers, thread_name_prefix="adhoc-grade")
+    graders = asyncio.Semaphore(cfg.adhoc_grader_workers)  # a free executor thread (and so a free ad-hoc worker)
     refused = 0
     rejected = Counter("autothink_reward_adhoc_rejected_total", "POST /grade requests refused with 429 (queue full)",
                        registry=registry)
@@ -87,9 +91,17 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
             return HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
         return None
 
+    def expected_wait_s() -> float:
+        """How long a request admitted now would wait for an ad-hoc grader (0 while one is free)."""
+        ahead = admitted + 1 - cfg.adhoc_grader_workers
+        return 0.0 if ahead <= 0 else ahead / cfg.adhoc_grader_workers * recent_s
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
-        if request.url.path in docs:
+        nonlocal admitted, refused
+        path = request.url.path
+        grading = request.method == "POST" and path == "/grade"
+        if path in docs or grading:
             denied = refusal(request.headers.get("authorization"))
             if denied is not None:
                 return JSONResponse({"detail": denied.detail}, status_code=denied.status_code, headers=denied.headers)
@@ -97,7 +109,23 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
         if request.method == "POST" and (size is None or not size.isdigit() or int(size) > cfg.max_request_bytes):
             return JSONResponse({"detail": f"the body must state its length and be at most {cfg.max_request_bytes} bytes"},
                                 status_code=411 if size is None else 413)
-        return await call_next(request)
+        if not grading:
+            return await call_next(request)
+        wait = expected_wait_s()
+        if admitted >= capacity or wait > cfg.adhoc_max_wait_s:  # refused before the body is read or parsed
+            rejected.inc()
+            refused += 1
+            retry = max(1, math.ceil(max(wait, recent_s)))
+            why = (f"{capacity} ad-hoc grades are in flight or queued (adhoc_grader_workers + adhoc_queue)" if admitted >= capacity
+                   else f"the ad-hoc graders are busy for about {wait:.1f} s (over adhoc_max_wait_s = {cfg.adhoc_max_wait_s:g})")
+            return JSONResponse({"detail": f"{why}; retry in {retry} s"}, status_code=429, headers={"Retry-After": str(retry)})
+        admitted += 1  # the place is taken here, before any await, so no two requests get the last one
+        in_flight.set(admitted)
+        try:
+            return await call_next(request)
+        finally:
+            admitted -= 1
+            in_flight.set(admitted)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,22 +148,21 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
         return s, time.perf_counter() - t0
 
     @app.post("/grade", response_model=GradeResponse, dependencies=[Depends(authorized)],
-              responses={429: {"description": "Too many ad-hoc grades in flight; retry after Retry-After seconds."}})
+              responses={429: {"description": "Too many ad-hoc grades in flight or queued; retry after Retry-After seconds."}})
     async def grade(req: GradeRequest) -> GradeResponse:
-        nonlocal admitted, recent_s, refused
-        if admitted >= capacity:
+        nonlocal recent_s, refused
+        try:  # admitted by guard(); now wait, holding no thread, for a grader
+            await asyncio.wait_for(graders.acquire(), timeout=cfg.adhoc_max_wait_s)
+        except asyncio.TimeoutError:
             rejected.inc()
             refused += 1
-            wait = max(1, math.ceil(recent_s * capacity / cfg.adhoc_grader_workers))
-            raise HTTPException(429, f"{capacity} ad-hoc grades are in flight or queued (adhoc_grader_workers + adhoc_queue); "
-                                     f"retry in {wait} s", headers={"Retry-After": str(wait)})
-        admitted += 1
-        in_flight.set(admitted)
+            retry = max(1, math.ceil(recent_s))
+            raise HTTPException(429, f"no ad-hoc grader came free within adhoc_max_wait_s = {cfg.adhoc_max_wait_s:g} s; "
+                                     f"retry in {retry} s", headers={"Retry-After": str(retry)}) from None
         try:
             s, grade_s = await asyncio.get_running_loop().run_in_executor(executor, score, req)
         finally:
-            admitted -= 1
-            in_flight.set(admitted)
+            graders.release()
         recent_s = 0.8 * recent_s + 0.2 * grade_s
         return GradeResponse(
             correct=s.correct, status=s.status, extracted=s.extracted, mode=s.mode, format_ok=s.format_ok,

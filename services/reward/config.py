@@ -24,6 +24,9 @@ class RewardServiceConfig(Strict):
         1, ge=1, description="Grader processes for POST /grade: a pool of its own, so ad-hoc calls cannot starve training.")
     adhoc_queue: int = Field(
         8, ge=0, description="POST /grade requests that may wait for an ad-hoc grader; beyond that the answer is 429 with Retry-After.")
+    adhoc_max_wait_s: float = Field(
+        5.0, gt=0, description="POST /grade requests that would wait longer than this for an ad-hoc grader (the requests "
+                               "ahead times the recent grade time) get 429 with Retry-After at once.")
     api_key: str = Field(
         "", description="When set, POST /grade and the API docs need 'Authorization: Bearer KEY' (/health and /metrics stay "
                         "open). Without one, POST /grade and the docs answer 403 unless the service listens on loopback only.")
