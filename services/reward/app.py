@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge
@@ -96,36 +96,59 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
         ahead = admitted + 1 - cfg.adhoc_grader_workers
         return 0.0 if ahead <= 0 else ahead / cfg.adhoc_grader_workers * recent_s
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        nonlocal admitted, refused
-        path = request.url.path
-        grading = request.method == "POST" and path == "/grade"
+    def early_reply(path: str, method: str, headers: dict[bytes, bytes]) -> JSONResponse | None:
+        """The refusal of a request from its head alone (no body read), or None to let it in."""
+        grading = method == "POST" and path == "/grade"
         if path in docs or grading:
-            denied = refusal(request.headers.get("authorization"))
+            denied = refusal(headers.get(b"authorization", b"").decode("latin-1"))
             if denied is not None:
                 return JSONResponse({"detail": denied.detail}, status_code=denied.status_code, headers=denied.headers)
-        size = request.headers.get("content-length")
-        if request.method == "POST" and (size is None or not size.isdigit() or int(size) > cfg.max_request_bytes):
+        size = headers.get(b"content-length", b"").decode("latin-1")
+        if method == "POST" and (not size or not size.isdigit() or int(size) > cfg.max_request_bytes):
             return JSONResponse({"detail": f"the body must state its length and be at most {cfg.max_request_bytes} bytes"},
-                                status_code=411 if size is None else 413)
-        if not grading:
-            return await call_next(request)
-        wait = expected_wait_s()
-        if admitted >= capacity or wait > cfg.adhoc_max_wait_s:  # refused before the body is read or parsed
-            rejected.inc()
-            refused += 1
-            retry = max(1, math.ceil(max(wait, recent_s)))
-            why = (f"{capacity} ad-hoc grades are in flight or queued (adhoc_grader_workers + adhoc_queue)" if admitted >= capacity
-                   else f"the ad-hoc graders are busy for about {wait:.1f} s (over adhoc_max_wait_s = {cfg.adhoc_max_wait_s:g})")
-            return JSONResponse({"detail": f"{why}; retry in {retry} s"}, status_code=429, headers={"Retry-After": str(retry)})
-        admitted += 1  # the place is taken here, before any await, so no two requests get the last one
-        in_flight.set(admitted)
-        try:
-            return await call_next(request)
-        finally:
-            admitted -= 1
+                                status_code=411 if not size else 413)
+        if grading:
+            wait = expected_wait_s()
+            if admitted >= capacity or wait > cfg.adhoc_max_wait_s:
+                return too_busy(f"{capacity} ad-hoc grades are in flight or queued (adhoc_grader_workers + adhoc_queue)"
+                                if admitted >= capacity else
+                                f"the ad-hoc graders are busy for about {wait:.1f} s (over adhoc_max_wait_s = {cfg.adhoc_max_wait_s:g})",
+                                max(wait, recent_s))
+        return None
+
+    def too_busy(why: str, wait_s: float) -> JSONResponse:
+        nonlocal refused
+        rejected.inc()
+        refused += 1
+        retry = max(1, math.ceil(wait_s))
+        return JSONResponse({"detail": f"{why}; retry in {retry} s"}, status_code=429, headers={"Retry-After": str(retry)})
+
+    class Guard:
+        """Plain ASGI, not ``@app.middleware``: a refused request costs a header check and a small
+        reply, which matters when a flood sends hundreds a second."""
+
+        def __init__(self, inner: Any):
+            self.inner = inner
+
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            nonlocal admitted
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            path, method = scope["path"], scope["method"]
+            reply = early_reply(path, method, dict(scope["headers"]))
+            if reply is not None:
+                return await reply(scope, receive, send)
+            if not (method == "POST" and path == "/grade"):
+                return await self.inner(scope, receive, send)
+            admitted += 1  # taken before any await, so no two requests get the last place
             in_flight.set(admitted)
+            try:
+                await self.inner(scope, receive, send)
+            finally:
+                admitted -= 1
+                in_flight.set(admitted)
+
+    app.add_middleware(Guard)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,16 +172,12 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
 
     @app.post("/grade", response_model=GradeResponse, dependencies=[Depends(authorized)],
               responses={429: {"description": "Too many ad-hoc grades in flight or queued; retry after Retry-After seconds."}})
-    async def grade(req: GradeRequest) -> GradeResponse:
-        nonlocal recent_s, refused
-        try:  # admitted by guard(); now wait, holding no thread, for a grader
+    async def grade(req: GradeRequest) -> GradeResponse | JSONResponse:
+        nonlocal recent_s
+        try:  # admitted by Guard; now wait, holding no thread, for a grader
             await asyncio.wait_for(graders.acquire(), timeout=cfg.adhoc_max_wait_s)
         except asyncio.TimeoutError:
-            rejected.inc()
-            refused += 1
-            retry = max(1, math.ceil(recent_s))
-            raise HTTPException(429, f"no ad-hoc grader came free within adhoc_max_wait_s = {cfg.adhoc_max_wait_s:g} s; "
-                                     f"retry in {retry} s", headers={"Retry-After": str(retry)}) from None
+            return too_busy(f"no ad-hoc grader came free within adhoc_max_wait_s = {cfg.adhoc_max_wait_s:g} s", recent_s)
         try:
             s, grade_s = await asyncio.get_running_loop().run_in_executor(executor, score, req)
         finally:
