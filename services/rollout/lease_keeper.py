@@ -15,7 +15,13 @@ its own Redis connection, and keeps its rhythm.  It speaks lines over pipes:
 * replica -> keeper (stdin): ``H stream id...`` hold, ``D stream id...`` drop; EOF: exit.
 * keeper -> replica (stdout): ``L stream id...`` lost (another consumer owns them; no longer
   renewed), ``R t gap`` renewed at CLOCK_MONOTONIC ``t`` (the same clock in both processes),
-  ``gap`` seconds after the previous renewal, ``E message`` renewals failing (once per outage).
+  ``gap`` seconds after the previous renewal, ``E message`` renewals failing (once per outage),
+  ``X stream id`` an adopted entry never held (left to lapse).
+
+An entry is held from the moment Redis hands it out: the keeper also renews fresh deliveries to
+this consumer that the replica has not named yet (``--adopt``; see ``_keep``), because naming them
+takes the replica's GIL, which a batch being tokenised and submitted can keep for longer than a
+lease (the issue's trace: rep1 reclaimed 9 of rep2's prompts 1.5 s after rep2 read them).
 
 Liveness stays the replica's: the keeper renews only while its parent is running.  A parent that
 is stopped (SIGSTOP, a debugger) gets no renewals, so its leases lapse and another replica takes
@@ -47,7 +53,7 @@ def _parent_stopped(pid: int) -> bool:
         return False
 
 
-def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms: int, parent: int) -> int:
+def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms: int, parent: int, adopt: str = "") -> int:
     import redis
 
     from autothink.bus.streams import RedisBus
@@ -56,6 +62,15 @@ def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms:
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, single_connection_client=True)
     bus = RedisBus(url, "lease-keeper", claim_idle_ms=claim_idle_ms, retries=0, client=client)
     held: dict[str, set[str]] = {}
+    # Adoption: entries of ``adopt`` delivered to this consumer moments ago that the replica has not
+    # named yet.  Its reading thread names them as soon as the read returns, but that thread needs
+    # this replica's GIL, and with a batch being tokenised and submitted it was seen to wait over
+    # 400 ms for it -- so the keeper renews a fresh delivery (idle under 3/4 of the lease) from the
+    # first tick that sees it, for up to ``grace_s`` until the replica holds it.  Entries it drops
+    # (released for a retry: their idle is set past the lease) are never adopted again.
+    adopted: dict[str, float] = {}  # id -> when first seen
+    ignore: set[str] = set()  # dropped, or adopted and never held: pruned once out of our pending list
+    fresh_ms, grace_s = 0.75 * claim_idle_ms, max(10.0, 2 * claim_idle_ms / 1000)
     inp, out = sys.stdin.fileno(), sys.stdout
     buf = b""
     last_ok = time.monotonic()
@@ -78,8 +93,16 @@ def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms:
                 op, stream, *ids = raw.decode().split()
                 if op == "H":
                     held.setdefault(stream, set()).update(ids)
+                    if stream == adopt:
+                        for i in ids:
+                            adopted.pop(i, None)
+                            ignore.discard(i)
                 elif op == "D":
                     held.get(stream, set()).difference_update(ids)
+                    if stream == adopt:
+                        for i in ids:
+                            adopted.pop(i, None)
+                        ignore.update(ids)
         now = time.monotonic()
         if now < next_tick:
             continue
@@ -89,11 +112,30 @@ def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms:
         if _parent_stopped(parent):
             continue  # a frozen replica must lose its leases: that is what lets another one take over
         try:
-            for stream, ids in list(held.items()):
-                if not ids:
+            if adopt:
+                rows = client.xpending_range(adopt, group, min="-", max="+", count=1000, consumername=consumer)
+                mine = {_text(r["message_id"]): int(r["time_since_delivered"]) for r in rows}
+                ignore.intersection_update(mine)
+                known = held.get(adopt, set())
+                for i, idle in mine.items():
+                    if idle < fresh_ms and i not in known and i not in adopted and i not in ignore:
+                        adopted[i] = now
+                expired = [i for i, t in adopted.items() if now - t > grace_s or i not in mine]
+                for i in expired:
+                    del adopted[i]
+                    if i in mine:
+                        ignore.add(i)
+                        say(f"X {adopt} {i}")
+            for stream in set(held) | ({adopt} if adopted else set()):
+                ids = held.get(stream, set())
+                extra = list(adopted) if stream == adopt else []
+                if not ids and not extra:
                     continue
-                owned = set(bus.renew_owned(stream, group, consumer, list(ids)))
+                owned = set(bus.renew_owned(stream, group, consumer, [*ids, *extra]))
                 lost = [i for i in ids if i not in owned]
+                for i in extra:
+                    if i not in owned:
+                        adopted.pop(i, None)
                 if lost:
                     ids.difference_update(lost)
                     say(f"L {stream} {' '.join(lost)}")
@@ -108,6 +150,10 @@ def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms:
         last_ok = now
 
 
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Renew a rollout replica's prompt leases (started by the replica).")
     p.add_argument("--url", required=True)
@@ -116,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-ms", type=float, required=True)
     p.add_argument("--claim-idle-ms", type=int, required=True)
     p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--adopt", default="", help="stream whose fresh deliveries to this consumer are renewed before the replica names them")
     a = p.parse_args(argv)
     from autothink.procs import set_parent_death_signal
 
     if set_parent_death_signal() and os.getppid() != a.parent:
         return 1  # the replica died before the signal was armed
     try:
-        return _keep(a.url, a.group, a.consumer, a.interval_ms / 1000, a.claim_idle_ms, a.parent)
+        return _keep(a.url, a.group, a.consumer, a.interval_ms / 1000, a.claim_idle_ms, a.parent, a.adopt)
     except (KeyboardInterrupt, BrokenPipeError):
         return 0
 
@@ -139,8 +186,8 @@ class KeeperLeases:
 
     def __init__(self, url: str, group: str, consumer: str, claim_idle_ms: int, interval_s: float | None = None,
                  on_lost: Callable[[str, list[str]], None] | None = None,
-                 on_renewal: Callable[[float], None] | None = None):
-        self.url, self.group, self.consumer, self.claim_idle_ms = url, group, consumer, claim_idle_ms
+                 on_renewal: Callable[[float], None] | None = None, adopt: str = ""):
+        self.url, self.group, self.consumer, self.claim_idle_ms, self.adopt = url, group, consumer, claim_idle_ms, adopt
         self.interval_s = interval_s if interval_s is not None else claim_idle_ms / 4000
         self.on_lost, self.on_renewal = on_lost, on_renewal
         self._held: dict[str, set[str]] = {}
@@ -183,7 +230,7 @@ class KeeperLeases:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "services.rollout.lease_keeper", "--url", self.url, "--group", self.group,
              "--consumer", self.consumer, "--interval-ms", str(self.interval_s * 1000), "--claim-idle-ms",
-             str(self.claim_idle_ms), "--parent", str(os.getpid())],
+             str(self.claim_idle_ms), "--parent", str(os.getpid()), "--adopt", self.adopt],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.keeper_alive = True
         self._reader = threading.Thread(target=self._read_reports, name="lease-keeper-reports", daemon=True)
@@ -237,6 +284,9 @@ class KeeperLeases:
                     self.lost += len(lost)
                     if self.on_lost is not None:
                         self.on_lost(stream, lost)
+            elif op == "X":
+                log.warning("%s: entry %s was delivered to us but never held within the grace period; left to lapse",
+                            self.consumer, rest)
             elif op == "E":
                 log.warning("%s: renewing leases failed (%s); the keeper retries every %.0f ms", self.consumer, rest,
                             self.interval_s * 1000)

@@ -119,7 +119,8 @@ class RolloutWorker:
 
             # renewed from a process of its own: no Python work in this one (GIL) can delay them
             self.leases = KeeperLeases(self.bus.url, GROUP, self.consumer, self.bus.claim_idle_ms,
-                                       on_lost=self._lease_lost, on_renewal=self.metrics.lease_gap.observe)
+                                       on_lost=self._lease_lost, on_renewal=self.metrics.lease_gap.observe,
+                                       adopt=self.bus.names.prompts)
         else:  # the in-process bus of the unit tests: the same decisions, renewed by a thread
             self.leases = Leases(self.bus, GROUP, self.consumer, on_lost=self._lease_lost,
                                  on_renewal=self.metrics.lease_gap.observe)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from autothink.bus.base import MIN_CLAIM_IDLE_MS
-from autothink.bus.messages import PromptMsg, decode
+from autothink.bus.messages import PromptMsg, decode, encode
 from autothink.bus.streams import RedisBus
 from autothink.toy.task import eval_split
 from tests.conftest import RedisServer, ServiceProcess, free_port, wait_healthy
@@ -163,6 +163,35 @@ def test_the_lease_keeper_renews_from_a_process_of_its_own(redis_server):
     _until(lambda: not leases.keeper_alive, "the report reader to see the keeper go", 10)
 
 
+def test_the_keeper_holds_an_entry_from_its_delivery(redis_server):
+    """Entries read but not yet named by the replica (its reading thread waits for the GIL) are
+    renewed from their delivery; one the replica drops and releases is not taken back."""
+    from services.rollout.lease_keeper import KeeperLeases
+
+    bus = RedisBus(redis_server.url, "adopt", claim_idle_ms=400)
+    stream = bus.names.prompts
+    bus.ensure_group(stream, "g")
+    leases = KeeperLeases(redis_server.url, "g", "me", 400, adopt=stream).start()
+    try:
+        _until(lambda: leases.renewals > 0, "the keeper's first renewal", 30)
+        for i in range(2):
+            bus.publish(stream, PromptMsg(f"d{i}", "q"))
+        a, b = bus.read(stream, "g", "me", count=2, block_ms=0)  # delivered; the replica has not said "hold"
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 * 0.4:  # three leases long: the keeper keeps both
+            assert bus.read(stream, "g", "thief", count=10, block_ms=0) == []
+            time.sleep(0.05)
+        leases.hold(stream, a.id)  # the replica names a late; then drops b and releases it for a retry
+        leases.drop(stream, b.id)
+        bus.release(stream, "g", "me", [b.id])
+        (taken,) = _until(lambda: bus.read(stream, "g", "thief", count=10, block_ms=0), "b to be taken", 30)
+        assert taken.id == b.id
+        time.sleep(0.6)
+        assert a.id not in {e.id for e in bus.read(stream, "g", "thief", count=10, block_ms=0)}  # a is still ours
+    finally:
+        leases.stop()
+
+
 def _pending_of_group(bus: RedisBus, stream: str, consumer: str) -> set[str]:
     rows = bus.client.xpending_range(stream, "g", min="-", max="+", count=100, consumername=consumer)
     return {r["message_id"].decode() for r in rows}
@@ -199,9 +228,11 @@ def test_a_frozen_replica_publishes_none_of_the_prompts_taken_from_it(replicas):
     bus, reps = replicas
     msgs = _prompts("b", 8, max_tokens=200)
     lost_before = {r.name: (r.lost(), r.loss_lines()) for r in reps}
+    pipe = bus.client.pipeline()  # all eight in one step (MULTI): one replica's next read takes them all
     for m in msgs:
-        bus.publish(bus.names.prompts, m)
-    # freeze whichever replica took prompts (the first read may hand all eight to one of them)
+        pipe.xadd(bus.names.prompts, encode(m))
+    pipe.execute()
+    # freeze whichever replica took them
     frozen, other = _until(lambda: next(((r, o) for r, o in (reps, reps[::-1]) if _pending_of(bus, r.name)), None),
                            "a replica holding prompts", 60)
     os.kill(frozen.proc.proc.pid, signal.SIGSTOP)
