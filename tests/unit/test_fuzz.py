@@ -26,7 +26,7 @@ def _app():
     return create_app(GatewayConfig(api_key="k", max_request_bytes=65536), ScriptedModel())
 
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+schema = schemathesis.openapi.from_asgi("/openapi.json", _app(), headers={"Authorization": "Bearer k"})  # behind the key (#39)
 
 
 @schema.parametrize()
