@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,8 @@ def create_app(worker: RewardWorker, registry: Any) -> FastAPI:
     closed_reason = (None if cfg.api_key or cfg.loopback_only else
                      f"POST /grade and the API docs are closed: the service listens on {cfg.host}, beyond loopback, "
                      "and no key is set (AUTOTHINK_REWARD_API_KEY)")
+    if closed_reason is not None:
+        logging.getLogger("autothink.reward").warning("%s", closed_reason)
     docs = {p for p in (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url) if p}
 
     def refusal(authorization: str | None) -> HTTPException | None:
