@@ -241,6 +241,17 @@ class KeeperLeases:
                     self._send(f"H {stream} {' '.join(ids)}")
         return self
 
+    def wait_started(self, timeout_s: float = 120.0) -> None:
+        """Until the keeper has renewed once (its interpreter and Redis connection are up): a
+        replica must not read before, or what it reads goes unrenewed while the keeper starts."""
+        deadline = time.monotonic() + timeout_s
+        while self.renewals == 0:
+            if not self.keeper_alive:
+                raise RuntimeError(f"the lease keeper exited at start (code {self._proc.wait() if self._proc else None})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the lease keeper did not renew within {timeout_s:.0f} s of its start")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         self._stopping = True
         proc = self._proc

@@ -461,8 +461,10 @@ class RolloutWorker:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.bus.ensure_group, self.bus.names.prompts, GROUP)
+        self.leases.start()  # the keeper's interpreter starts while the engine loads
         self._start_engine()
-        self.leases.start()
+        if hasattr(self.leases, "wait_started"):
+            await asyncio.to_thread(self.leases.wait_started)  # no read before renewals run
         self.ready.set()
         last_lag = 0.0
         try:
