@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install bench bench-seeds proto deploy images compose-test clean help
+.PHONY: demo test test-fast install bench bench-seeds bench-toy-build proto deploy images compose-test clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,8 +23,11 @@ bench: install  ## run the benchmarks (ratios against same-run baselines) and re
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run.py
 
-bench-seeds: install  ## the demo's training and evaluation for 5 seeds: how often each target is met (~1 h)
-	$(PY) bench/seeds_bench.py --seeds 5 --benchmarks
+bench-seeds: install  ## the demo's training and evaluation for 3 RL seeds on the embedded toy: how often each target is met (~40 min)
+	$(PY) bench/seeds_bench.py --seeds 3 --benchmarks
+
+bench-toy-build: install  ## build the toy for 5 build seeds: seed x target table with times (~45 min; BENCHMARKS.md)
+	$(PY) bench/toy_build_bench.py --seeds 5 --benchmarks
 
 proto: install  ## regenerate autothink/v1/*_pb2*.py from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh

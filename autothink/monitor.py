@@ -21,7 +21,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -153,20 +153,53 @@ def mode_stats(samples: Iterable[Any]) -> dict[str, Any]:
     """Accuracy by mode and samples per level of a training batch (objects with ``think``,
     ``correct`` and ``level``) — what the dashboard plots beside the think rate.
 
+    ``accuracy_think_by_level`` lets think accuracy be compared at equal difficulty: the batch's
+    think accuracy also falls when the policy stops thinking on easy problems.
+
     >>> from types import SimpleNamespace as S
+
     >>> mode_stats([S(think=True, correct=True, level=1), S(think=True, correct=False, level=2),
     ...             S(think=False, correct=True, level=2)])
-    {'accuracy_think': 0.5, 'accuracy_no_think': 1.0, 'samples_by_level': {'1': 1, '2': 2}}
+    {'accuracy_think': 0.5, 'accuracy_no_think': 1.0, 'samples_by_level': {'1': 1, '2': 2}, 'accuracy_think_by_level': {'1': 1.0, '2': 0.0}, 'think_samples_by_level': {'1': 1, '2': 1}}
     """
     think, direct, levels = [], [], {}
+    think_by: dict[str, list[bool]] = {}
     for s in samples:
         (think if s.think else direct).append(bool(s.correct))
         levels[str(s.level)] = levels.get(str(s.level), 0) + 1
+        if s.think:
+            think_by.setdefault(str(s.level), []).append(bool(s.correct))
     return {
         "accuracy_think": sum(think) / len(think) if think else None,
         "accuracy_no_think": sum(direct) / len(direct) if direct else None,
         "samples_by_level": dict(sorted(levels.items())),
+        "accuracy_think_by_level": {k: round(sum(v) / len(v), 4) for k, v in sorted(think_by.items())},
+        "think_samples_by_level": {k: len(v) for k, v in sorted(think_by.items())},
     }
+
+
+def think_accuracy_at_fixed_difficulty(rows: Sequence[Mapping[str, Any]], min_samples: int = 4) -> list[float | None]:
+    """Per row, the mean over levels of think accuracy at that level, each level weighted by its
+    think samples over *all* the rows (so a level's weight does not move as the policy shifts
+    where it thinks); levels with fewer than ``min_samples`` think samples in a row are left out
+    of that row and the weights renormalised.  Rows without per-level figures give None.
+
+    >>> rows = [{"accuracy_think_by_level": {"1": 1.0, "8": 0.5}, "think_samples_by_level": {"1": 8, "8": 8}},
+    ...         {"accuracy_think_by_level": {"8": 0.5}, "think_samples_by_level": {"8": 16}}]
+    >>> think_accuracy_at_fixed_difficulty(rows)   # level 1 weighs 8 of 32: (8 x 1 + 24 x 0.5) / 32; then level 8 alone
+    [0.625, 0.5]
+    """
+    total: dict[str, int] = {}
+    for r in rows:
+        for k, n in (r.get("think_samples_by_level") or {}).items():
+            total[k] = total.get(k, 0) + int(n)
+    out: list[float | None] = []
+    for r in rows:
+        acc, n = r.get("accuracy_think_by_level") or {}, r.get("think_samples_by_level") or {}
+        keep = [k for k in acc if n.get(k, 0) >= min_samples]
+        weight = sum(total[k] for k in keep)
+        out.append(round(sum(acc[k] * total[k] for k in keep) / weight, 4) if weight else None)
+    return out
 
 
 # ------------------------------------------------------------------------------ degeneration

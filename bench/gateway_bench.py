@@ -1,6 +1,6 @@
 """Gateway throughput and p50 latency against `vllm serve` on the same model and load, in one run.
 
-    .venv/bin/python bench/gateway_bench.py --model .cache/toy-model
+    .venv/bin/python bench/gateway_bench.py 
 
 Both servers run the toy model with the same engine settings (eager, max_model_len 512, seed 0).
 They are started once and loaded one at a time, in alternating rounds (an idle vLLM server uses no
@@ -37,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from autothink.config import embedded_toy_path  # noqa: E402
 
 
 def start(cmd: list[str], ready_url: str, log: Path, cwd: str | None = None) -> subprocess.Popen:
@@ -129,7 +131,7 @@ async def ttft(url: str, bodies: list[dict], concurrency: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / ".cache" / "toy-model"))
+    ap.add_argument("--model", default=embedded_toy_path())
     ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)

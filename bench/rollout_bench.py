@@ -1,6 +1,6 @@
 """Rollout-service tokens/s against bare ``vllm.LLM.generate`` over the same requests, in one run.
 
-    .venv/bin/python bench/rollout_bench.py --model .cache/toy-model
+    .venv/bin/python bench/rollout_bench.py 
 
 Two workloads, each timed for the bare engine (one synchronous ``LLM.generate`` over every
 request, the way the service used to work) and for the service (publish every prompt message on
@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from autothink.config import embedded_toy_path  # noqa: E402
 
 
 @dataclass
@@ -138,7 +140,7 @@ def summary(name: str, b: list[dict], s: list[dict], reqs: list[Request]) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=".cache/toy-model")
+    ap.add_argument("--model", default=embedded_toy_path())
     ap.add_argument("--prompts", type=int, default=64, help="requests per workload")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--context", type=int, default=1024, help="context length of the bimodal proxy")

@@ -1,7 +1,7 @@
 """Learner steps per hour with max_staleness 0 (on-policy) and 1 (generate step k+1 while step k
 trains), on the toy preset, through the real services, in one run.
 
-    .venv/bin/python bench/staleness_bench.py --model .cache/toy-model --steps 8
+    .venv/bin/python bench/staleness_bench.py  --steps 8
 
 Four runs: each staleness with every service on all cores ("shared") and with the rollout
 service and the learner on disjoint halves of the cores ("split", AUTOTHINK_CPUS as `autothink
@@ -29,10 +29,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autothink.config import embedded_toy_path  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=".cache/toy-model")
+    ap.add_argument("--model", default=embedded_toy_path())
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     from autothink.config import load_config

@@ -230,6 +230,30 @@ AllowWeak = Annotated[bool, typer.Option(
 
 
 @app.command()
+def preflight(
+    experiment: ExperimentArg = "toy",
+    set_: SetOpt = None,
+    problems: Annotated[int, typer.Option(help="Training problems to sample (drawn with the experiment's seed).")] = 64,
+    samples: Annotated[int, typer.Option(help="Samples per problem.")] = 8,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when a warning is raised (default: report and exit 0).")] = False,
+) -> None:
+    """Can the model show what AutoThink does?  Sample part of the training set under the ellipsis
+    prompt (stage 1's temperature and length cap) and report the no-think rate and accuracy per
+    mode, overall and on the hardest third by level; warn when a mode is (almost) absent or when
+    thinking is not better than answering directly on the hard part (then GRPO tends to reinforce
+    wrong think traces, and the degeneration alarm fires).  Also run by `autothink up --preflight`."""
+    from autothink.preflight import describe, run_preflight
+
+    run = _load_run(experiment, set_)
+    v = run_preflight(run, problems, samples, log=lambda m: typer.echo(m, err=True))
+    for line in describe(v):
+        typer.echo(line)
+    typer.echo(json.dumps(v))
+    if strict and not v["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def up(
     experiment: ExperimentArg = "toy",
     set_: SetOpt = None,
@@ -247,6 +271,9 @@ def up(
     quiet: Annotated[bool, typer.Option(help="Service logs to RUN/logs only, not to the console.")] = False,
     exit_when_trained: Annotated[bool, typer.Option(help="Stop everything once trained instead of serving.")] = False,
     allow_weak_model: AllowWeak = False,
+    preflight_check: Annotated[bool, typer.Option("--preflight", help=(
+        "Before training, sample 64 training problems under the ellipsis prompt and warn when thinking is not better "
+        "than answering directly on their hard part (see `autothink preflight`); for models that are not toy builds."))] = False,
 ) -> None:
     """Start the whole system on this machine, train, then serve the result.
 
@@ -261,6 +288,12 @@ def up(
     if (why := check_exposure(GatewayConfig(host=host, api_key=api_key))) is not None:
         _fail(why)
     _ensure_model(run, allow_weak_model)
+    if preflight_check:
+        from autothink.preflight import describe, run_preflight
+
+        verdict = run_preflight(run, log=lambda m: typer.echo(m, err=True))
+        for line in describe(verdict):
+            typer.echo(line, err=True)
     opts = UpOptions(run_id=run_id, gateway_host=host, gateway_port=port, api_key=api_key, redis_url=redis_url,
                      learner_procs=learner_procs, cpu_split=cpu_split, resume=resume, echo=not quiet)
     stack = _train(run, opts)

@@ -16,8 +16,7 @@
 #                       with debootstrap (docker/standin/, root only).
 #   the CPU torch wheel $TORCH_INDEX_URL, else download.pytorch.org, else a torch-2.13.0+cpu wheel
 #                       file in $TORCH_WHEEL_DIR (default /opt/wheels) served to the build on loopback.
-#   the toy model       built in the image; a toy folder built before (.cache/toy-model, or
-#                       $COMPOSE_TEST_TOY_MODEL) is copied to docker/toy-seed/ and reused when it matches.
+#   the toy model       the embedded one (autothink/toy/model), copied into the image.
 # Knobs: GATEWAY_PORT (host port of the gateway; default a free one), COMPOSE_TEST_STEPS (steps a
 # stage, default 6), COMPOSE_TEST_FULL=1 (the whole toy preset, 110 steps, no kills before step 6),
 # COMPOSE_PROJECT_NAME, COMPOSE_TEST_NICE (default 15), COMPOSE_TEST_KEEP=1 (leave the stack up).
@@ -169,21 +168,10 @@ for crt in /usr/local/share/ca-certificates/*.crt; do
     cp "$crt" docker/certs/ && say "build trusts $crt (copied to docker/certs/)"
   fi
 done
-# A toy model built before on this machine (`make demo`, `make test`: .cache/toy-model) seeds the
-# image's toy stage (docker/toy-seed/): reused when its settings digest matches the source, rebuilt
-# otherwise. COMPOSE_TEST_TOY_MODEL names another folder; COMPOSE_TEST_TOY_MODEL=none builds from scratch.
-TOY_SEED=${COMPOSE_TEST_TOY_MODEL:-.cache/toy-model}
-rm -rf docker/toy-seed/toy-model
-if [ "$TOY_SEED" != none ] && [ -f "$TOY_SEED/autothink_toy.json" ] && [ -f "$TOY_SEED/model.safetensors" ]; then
-  cp -a "$TOY_SEED" docker/toy-seed/toy-model
-  note "toy model: seeded from $TOY_SEED (settings $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["settings_digest"])' "$TOY_SEED/autothink_toy.json"); the build reuses it if that matches the source)"
-else
-  note "toy model: built from scratch in the image (no toy folder at $TOY_SEED)"
-fi
+note "toy model: the embedded one (autothink/toy/model), copied into the image and checked against its manifest"
 say "building $IMAGE (docker/Dockerfile, log $OUT/build.log)"
 t=$(date +%s)
-# --shm-size: a toy built from scratch is evaluated with vLLM, whose engine needs 160+ MiB of
-# /dev/shm; a build's RUN gets Docker's default 64 MiB (as docker-compose.yml's build.shm_size)
+# --shm-size: kept from when the image built and evaluated the toy (vLLM needs 160+ MiB of /dev/shm)
 "${NICE[@]}" docker build --network host --shm-size 2g -f docker/Dockerfile -t "$IMAGE" \
   --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_INDEX_URL="$PIP_INDEX_URL" --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" \
   . >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log" >&2; die "$IMAGE did not build (see $OUT/build.log)"; }

@@ -118,8 +118,30 @@ def test_a_small_build_end_to_end_writes_a_manifest_that_verifies(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     assert "reusing the build" in again.stdout + again.stderr and time.perf_counter() - t0 < 60
     assert json.loads(again.stdout.strip().splitlines()[-1]) == summary
+    # a run on it is refused, naming the targets it missed, before any service starts
+    weak = subprocess.run([autothink, "demo", "--no-serve", "--set", f"model.path={out}"], capture_output=True, text=True, timeout=120)
+    assert weak.returncode == 2, weak.stderr[-2000:]
+    assert "missed its targets" in weak.stderr and "[MISSED] hardest level: think beats no-think by >= 0.3" in weak.stderr
+    assert "--allow-weak-model" in weak.stderr and "starting services" not in weak.stderr
+    # and the preflight, which works for any model, says thinking does not pay on it
+    pre = subprocess.run([autothink, "preflight", "toy", "--set", f"model.path={out}", "--problems", "16", "--samples", "2",
+                          "--strict"], capture_output=True, text=True, timeout=600)
+    assert pre.returncode == 1, pre.stdout[-2000:] + pre.stderr[-2000:]
+    assert json.loads(pre.stdout.strip().splitlines()[-1])["warnings"] and "[WARNING]" in pre.stdout
     (out / "data" / "eval.jsonl").write_text("{}\n")
     assert verify_files(out) == ["data/eval.jsonl"]
+
+
+def test_the_preflight_finds_the_committed_toy_fit_for_the_method(toy_model):
+    import sys
+
+    autothink = str(Path(sys.executable).with_name("autothink"))
+    r = subprocess.run([autothink, "preflight", "toy", "--problems", "48", "--samples", "4", "--strict"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    v = json.loads(r.stdout.strip().splitlines()[-1])
+    # hard third of the training levels: think 0.9+, direct answers near 0 on the committed model (+-0.1 at 16 x 4 samples)
+    assert v["ok"] and v["hard"]["think_accuracy"] - v["hard"]["no_think_accuracy"] >= 0.5, v
 
 
 def test_a_copy_of_the_committed_toy_is_reused_not_rebuilt(toy_model, tmp_path):
