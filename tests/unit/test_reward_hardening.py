@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -159,10 +160,10 @@ def test_the_m2_answer_gets_one_verdict_in_every_process():
     """The M2 answer in this process (cache cleared between tries) and in two fresh processes
     with other hash seeds, graded side by side (so each runs on a loaded machine): one verdict,
     the budget's "could not grade" (4.9 M calls, over the 2 M budget), never ok/False."""
-    code = ("import sys; from autothink.grading import grade_in_process as g; "
-            "r = g(sys.argv[1], '1'); print(repr((r.correct, r.status, r.detail)))")
+    code = ("import json, sys; from autothink.grading import grade_in_process as g; "
+            "r = g(sys.argv[1], '1'); print(json.dumps([r.correct, r.status, r.detail]))")
     procs = [subprocess.Popen([sys.executable, "-c", code, M2], stdout=subprocess.PIPE, text=True,
-                              env={**__import__("os").environ, "PYTHONHASHSEED": seed}) for seed in ("1", "2")]
+                              env={**os.environ, "PYTHONHASHSEED": seed}) for seed in ("1", "2")]
     verdicts = set()
     for _ in range(2):
         grading._compare_cached.cache_clear()
@@ -170,7 +171,7 @@ def test_the_m2_answer_gets_one_verdict_in_every_process():
         verdicts.add((r.correct, r.status, r.detail))
     for p in procs:
         out, _ = p.communicate(timeout=300)
-        verdicts.add(eval(out.strip()))  # noqa: S307 - our own repr of a tuple of str/None, not model text
+        verdicts.add(tuple(json.loads(out)))
     assert verdicts == {(None, "timeout", "the comparison needs more than 2,000,000 operations (Python calls): could not grade")}
 
 
