@@ -164,7 +164,7 @@ class Leases:
         self.renewals = 0
         self.lost = 0  # entries we held that someone else owns now (our lease had lapsed)
         self.last_renewed = time.monotonic()  # the last renewal that reached the bus (or had nothing to renew)
-        self.max_gap_s = 0.0  # the longest time between two such renewals, since start
+        self.max_gap_s = 0.0  # the longest time between two such renewals with entries held, since start
         self._failing = False
 
     def hold(self, stream: str, *ids: str) -> None:
@@ -217,7 +217,8 @@ class Leases:
                             self.consumer, len(lost), len(ids), stream, " ".join(lost[:8]) + (" ..." if len(lost) > 8 else ""))
         now = time.monotonic()
         gap, self.last_renewed = now - self.last_renewed, now
-        self.max_gap_s = max(self.max_gap_s, gap)
+        if snapshot:  # a gap matters when something could lapse in it
+            self.max_gap_s = max(self.max_gap_s, gap)
         if self.on_renewal is not None:
             self.on_renewal(gap)
 

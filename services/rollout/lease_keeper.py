@@ -14,8 +14,8 @@ its own Redis connection, and keeps its rhythm.  It speaks lines over pipes:
 
 * replica -> keeper (stdin): ``H stream id...`` hold, ``D stream id...`` drop; EOF: exit.
 * keeper -> replica (stdout): ``L stream id...`` lost (another consumer owns them; no longer
-  renewed), ``R t gap`` renewed at CLOCK_MONOTONIC ``t`` (the same clock in both processes),
-  ``gap`` seconds after the previous renewal, ``E message`` renewals failing (once per outage),
+  renewed), ``R t gap n`` renewed ``n`` entries at CLOCK_MONOTONIC ``t`` (the same clock in
+  both processes), ``gap`` seconds after the previous renewal, ``E message`` renewals failing (once per outage),
   ``X stream id`` an adopted entry never held (left to lapse).
 
 An entry is held from the moment Redis hands it out: the keeper also renews fresh deliveries to
@@ -146,7 +146,7 @@ def _keep(url: str, group: str, consumer: str, interval_s: float, claim_idle_ms:
             continue
         failing = False
         now = time.monotonic()
-        say(f"R {now:.6f} {now - last_ok:.6f}")
+        say(f"R {now:.6f} {now - last_ok:.6f} {sum(len(v) for v in held.values()) + len(adopted)}")
         last_ok = now
 
 
@@ -280,9 +280,10 @@ class KeeperLeases:
         for raw in self._proc.stdout:
             op, _, rest = raw.decode(errors="replace").strip().partition(" ")
             if op == "R":
-                t, gap = (float(x) for x in rest.split())
+                t, gap, holding = (float(x) for x in rest.split())
                 self.last_renewed, self.renewals = t, self.renewals + 1
-                self.max_gap_s = max(self.max_gap_s, gap)
+                if holding:  # a gap matters when something could lapse in it
+                    self.max_gap_s = max(self.max_gap_s, gap)
                 if self.on_renewal is not None:
                     self.on_renewal(gap)
             elif op == "L":

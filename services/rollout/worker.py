@@ -89,7 +89,8 @@ class RolloutMetrics:
         self.lease_since = Gauge("autothink_rollout_lease_since_renewal_seconds", "Time since the last successful lease renewal",
                                  registry=registry)
         self.lease_max_gap = Gauge("autothink_rollout_lease_max_gap_seconds",
-                                   "Longest time between two successful lease renewals since start", registry=registry)
+                                   "Longest time between two successful lease renewals that ended with prompts held",
+                                   registry=registry)
         self.leases_held = Gauge("autothink_rollout_leases_held", "Prompt entries this replica holds leases on", registry=registry)
 
 
