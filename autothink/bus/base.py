@@ -40,15 +40,20 @@ from autothink.bus.messages import PromptMsg, RolloutGroup, ScoredGroup
 log = logging.getLogger(__name__)
 
 MIN_CLAIM_IDLE_MS = 200
-"""The smallest ``claim_idle_ms`` a service that generates under leases supports (the rollout
-service validates it).  Renewals come every quarter of it, each one Redis round trip on a
-connection of their own, from a thread that does nothing else; what can still delay that thread
-is the machine: on a 2-core box shared with a vLLM engine core, builds and another replica, gaps
-of 50-100 ms between renewals were measured under load (BENCHMARKS.md, "Leases that fence").
-At 200 ms a lapse needs a stall of ~150 ms past a 50 ms tick.  Below it, leases lapse under
-ordinary load: fencing still keeps every prompt written once, but each lapse throws away a
-generation and counts a delivery, and an entry that lapses ``max_deliveries`` times is
-dead-lettered although nothing was wrong with it."""
+"""The smallest ``claim_idle_ms`` the rollout service supports (its config refuses less).
+
+Renewals come every quarter of the lease, from a process that does nothing else
+(:mod:`services.rollout.lease_keeper`), so what can still delay one is the OS scheduler alone.
+Measured on this 2-core machine with two replicas generating 48 prompts and other engineers'
+builds beside them (load 8-16, the tests at nice 10; BENCHMARKS.md, "Leases that fence"): the
+longest gap between two renewals with prompts held was 59-68 ms at a 50 ms interval (200 ms) and
+114-140 ms at 100 ms (400 ms), against 417-471 ms for a renewal thread inside a busy replica.
+At 200 ms a lease survives three missed ticks (a 150 ms stall); at 100 ms, 75 ms -- about what
+the load above adds to a 25 ms tick (the keeper alone measured 38 ms), and a replica warming up
+its engine beside one that generates stalled the keeper for up to 1 s.  Fencing keeps every
+prompt written once at any lease; below the minimum lapses would be routine, and each one
+throws a generation away, counts a delivery, and after ``max_deliveries`` of them dead-letters
+a good prompt."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,9 @@ class Bus(Protocol):
 
 class Leases:
     """The entries one consumer holds, renewed every ``interval_s`` by a thread that does nothing else.
+
+    (The rollout service, whose process is busy with Python work that holds the GIL, renews from a
+    process of its own instead, with the same interface: :class:`services.rollout.lease_keeper.KeeperLeases`.)
 
     ``hold`` an entry as soon as it is read (in the thread that read it, not after the batch has
     been decoded and submitted), ``drop`` it when it is acknowledged, dead-lettered or released.

@@ -14,7 +14,7 @@ class RolloutServiceConfig(Strict):
     run_id: str = Field("default", description="Namespace of the run's streams.")
     consumer: str = Field("", description="Consumer name in the group; hostname-pid when empty.")
     model: str = Field(".cache/toy-model", description="Local Hugging Face folder the engine starts from.")
-    redis: RedisConfig = RedisConfig()
+    redis: RedisConfig = Field(RedisConfig(), description=f"claim_idle_ms at least {MIN_CLAIM_IDLE_MS} ms here: see MIN_CLAIM_IDLE_MS.")
     weights: WeightSyncConfig = WeightSyncConfig()
     follow_weights: bool = Field(True, description="Watch the weight service and swap in new versions.")
     max_inflight_prompts: int = Field(
@@ -37,8 +37,9 @@ class RolloutServiceConfig(Strict):
         ms = self.redis.claim_idle_ms
         if ms < MIN_CLAIM_IDLE_MS:
             raise ValueError(
-                f"redis.claim_idle_ms is {ms} ms; the rollout service needs at least {MIN_CLAIM_IDLE_MS} ms: its leases are "
-                f"renewed every quarter of it ({ms / 4:.0f} ms here), and a loaded machine delays a renewal by up to ~"
-                f"{MIN_CLAIM_IDLE_MS // 2} ms, so shorter leases lapse while their prompts are generated -- each lapse aborts "
-                "a generation, counts a delivery and can dead-letter a good prompt (autothink/bus/base.py, MIN_CLAIM_IDLE_MS)")
+                f"redis.claim_idle_ms is {ms} ms; the rollout service supports {MIN_CLAIM_IDLE_MS} ms at least: leases are "
+                f"renewed every quarter of it ({ms / 4:g} ms here), and on a loaded 2-core machine the OS alone delays a "
+                "renewal by tens of milliseconds, so a shorter lease lapses while its prompt is generated -- each lapse "
+                "aborts the generation, counts a delivery and can dead-letter a good prompt (autothink/bus/base.py, "
+                "MIN_CLAIM_IDLE_MS)")
         return self

@@ -156,7 +156,7 @@ def test_claim_idle_ms_below_the_supported_minimum_is_refused_with_the_reason():
     with pytest.raises(ValidationError) as e:
         RolloutServiceConfig(redis={"claim_idle_ms": MIN_CLAIM_IDLE_MS - 1})
     text = str(e.value)
-    assert f"at least {MIN_CLAIM_IDLE_MS} ms" in text and "renewed every quarter" in text
+    assert f"supports {MIN_CLAIM_IDLE_MS} ms at least" in text and "renewed every quarter" in text
 
 
 # ---------------------------------------------------------------------------- the rollout worker
