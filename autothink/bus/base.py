@@ -43,11 +43,11 @@ MIN_CLAIM_IDLE_MS = 200
 """The smallest ``claim_idle_ms`` the rollout service supports (its config refuses less).
 
 Renewals come every quarter of the lease, from a process that does nothing else
-(:mod:`services.rollout.lease_keeper`), so what can still delay one is the OS scheduler alone.
+(the rollout service's lease keeper), so what can still delay one is the OS scheduler alone.
 Measured on this 2-core machine with two replicas generating 48 prompts and other engineers'
 builds beside them (load 8-16, the tests at nice 10; BENCHMARKS.md, "Leases that fence"): the
 longest gap between two renewals with prompts held was 59-68 ms at a 50 ms interval (200 ms) and
-114-140 ms at 100 ms (400 ms), against 417-471 ms for a renewal thread inside a busy replica.
+106-140 ms at 100 ms (400 ms), against 247-471 ms for a renewal thread beside four GIL-busy threads.
 At 200 ms a lease survives three missed ticks (a 150 ms stall); at 100 ms, 75 ms -- about what
 the load above adds to a 25 ms tick (the keeper alone measured 38 ms), and a replica warming up
 its engine beside one that generates stalled the keeper for up to 1 s.  Fencing keeps every
@@ -141,7 +141,7 @@ class Leases:
     """The entries one consumer holds, renewed every ``interval_s`` by a thread that does nothing else.
 
     (The rollout service, whose process is busy with Python work that holds the GIL, renews from a
-    process of its own instead, with the same interface: :class:`services.rollout.lease_keeper.KeeperLeases`.)
+    process of its own instead, behind the same interface: its lease keeper.)
 
     ``hold`` an entry as soon as it is read (in the thread that read it, not after the batch has
     been decoded and submitted), ``drop`` it when it is acknowledged, dead-lettered or released.
