@@ -48,9 +48,10 @@ Measured on this 2-core machine with two replicas generating 48 prompts and othe
 builds beside them (load 8-16, the tests at nice 10; BENCHMARKS.md, "Leases that fence"): the
 longest gap between two renewals with prompts held was 59-68 ms at a 50 ms interval (200 ms) and
 106-140 ms at 100 ms (400 ms), against 247-471 ms for a renewal thread beside four GIL-busy threads.
-At 200 ms a lease survives three missed ticks (a 150 ms stall); at 100 ms, 75 ms -- about what
-the load above adds to a 25 ms tick (the keeper alone measured 38 ms), and a replica warming up
-its engine beside one that generates stalled the keeper for up to 1 s.  Fencing keeps every
+So the OS added up to ~40 ms to a tick while prompts were held, and up to ~1 s while a second
+replica's engine warmed up beside a running one.  At 200 ms a lease survives a 150 ms stall past
+its tick, over 3x what was seen with prompts held; at 100 ms only 75 ms, under 2x, with no room
+for the start-up stalls.  Fencing keeps every
 prompt written once at any lease; below the minimum lapses would be routine, and each one
 throws a generation away, counts a delivery, and after ``max_deliveries`` of them dead-letters
 a good prompt."""
