@@ -147,6 +147,9 @@ class DataConfig(Strict):
     problem_key: str = "problem"
     answer_key: str = "answer"
     shuffle: bool = True
+    balance_levels: bool = Field(
+        False, description="Draw every difficulty level equally in each batch (autothink.data.interleave_levels; as many "
+        "prompts of each level as the rarest has). The toy preset sets it: its file weights levels for the warm start.")
 
 
 class DeepSpeedConfig(Strict):

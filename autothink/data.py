@@ -40,3 +40,25 @@ def load_problems(source: str, model_dir: str | Path, problem_key: str = "proble
             level = r.get("difficulty")
         out.append({"problem": str(r[problem_key]), "answer": r[answer_key], "level": level})
     return out
+
+
+def interleave_levels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows reordered so that consecutive ones cycle through the levels (each level's rows
+    keep their order; rows without a level form one more group), as many of each level as the
+    rarest has -- so every batch draws the levels equally.
+
+    Why (the toy): its training file weights levels for the warm start (levels 1-2 are 48 % of it:
+    short, cheap examples that make direct answers near-perfect), while the evaluation weighs every
+    level alike.  RL on the file as it is spends half of each batch on problems answered directly,
+    and their no-think preference spills onto level 3 (think rate 0.81 there after stage 3, 11
+    points lost against the standard prompt).
+
+    >>> [r["level"] for r in interleave_levels([{"level": 1}, {"level": 1}, {"level": 2}, {"level": 1}, {"level": 2}])]
+    [1, 2, 1, 2]
+    """
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r.get("level"), []).append(r)
+    keys = sorted(groups, key=lambda k: (k is None, str(k) if not isinstance(k, (int, float)) else f"{k:020.6f}"))
+    n = min(len(g) for g in groups.values())
+    return [groups[k][i] for i in range(n) for k in keys]

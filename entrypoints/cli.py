@@ -3,6 +3,7 @@ that ``autothink --help`` answers at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Annotated, Optional
@@ -341,11 +342,46 @@ def demo(
         stack.sup.stop_all()
         raise
     typer.echo(f"\nreport: {report_dir.resolve()} (report.md, report.json, plots)   total {time.time() - t0:.0f} s")
+    report = json.loads((report_dir / "report.json").read_text())
+    missed = [name for name, t in report["targets"].items() if not t["met"]]
+    if missed:
+        typer.secho(f"\n{len(missed)} of {len(report['targets'])} targets missed: {'; '.join(missed)}.", fg=typer.colors.YELLOW, err=True)
+        typer.echo(f"Where to look: the per-step metrics {stack.run_dir / 'metrics.jsonl'} (think accuracy, lengths and think "
+                   f"rate by level per step; a 'degeneration' or 'mode_collapse' flag), the plots {report_dir.resolve()}/"
+                   f"training_curves.png and think_rate_by_level.png, and the learner's log {stack.run_dir / 'logs' / 'learner.log'}.",
+                   err=True)
     if not serve:
         stack.sup.stop_all()
         return
     typer.echo(f"\nthe gateway serves the final model on {stack.gateway_url}; try:\n\n{curl_example(stack.gateway_url)}\n\nCtrl-C to stop.")
     sys.exit(serve_forever(stack, typer.echo))
+
+
+@contextlib.contextmanager
+def _output_to(path):  # type: ignore[no-untyped-def]
+    """Send this process's stdout and stderr -- file descriptors 1 and 2, which the engine
+    processes vLLM spawns inherit, so their warnings and loading bars too -- to ``path`` for the
+    block; yields a stream to the real terminal for the lines the user should see."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            terminal.close()
 
 
 def _report(run, stack, out, per_level: int, samples: int, elapsed: float):  # type: ignore[no-untyped-def]
@@ -369,7 +405,10 @@ def _report(run, stack, out, per_level: int, samples: int, elapsed: float):  # t
              RowSpec("ellipsis prompt (untrained)", model, "ellipsis")]
     specs += [RowSpec(f"AutoThink stage {i + 1}", str(stages / s.name), "ellipsis") for i, s in enumerate(run.stages)]
     temperature, max_tokens = 0.6, max(s.max_response_tokens for s in run.stages)
-    scored = evaluate(specs, problems, samples, temperature, max_tokens, log=lambda m: typer.echo(m, err=True))
+    eval_log = stack.run_dir / "logs" / "eval.log"
+    typer.echo(f"evaluating (vLLM's own output goes to {eval_log}) ...", err=True)
+    with _output_to(eval_log) as terminal:
+        scored = evaluate(specs, problems, samples, temperature, max_tokens, log=lambda m: print(m, file=terminal, flush=True))
     rows = R.table(scored, lambda s: R.toy_group(s.level))
     before, after = rows[2], rows[-1]
     report = {
@@ -539,7 +578,7 @@ def eval_(
 def gateway(ctx: typer.Context) -> None:
     """Serve a model: POST /generate and an OpenAI-compatible API (see `autothink gateway --help`).
 
-    Example: autothink gateway --model .cache/toy-model --port 8000 [--api-key KEY]
+    Example: autothink gateway --port 8000 [--api-key KEY]
     """
     from services.gateway.__main__ import main as gateway_main
 

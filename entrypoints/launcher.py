@@ -254,11 +254,13 @@ def train(run: RunConfig, opts: UpOptions, progress: Callable[[dict[str, Any]], 
             "ROLLOUT", PORT=str(rollout_port), MODEL=model, MAX_MODEL_LEN=max_len, WEIGHTS__ADDRESS=weights, WEIGHTS__TOKEN=token) | cores.get("rollout", {}),
             f"http://127.0.0.1:{rollout_port}/health"))
         gw_argv = [py, "-m", "services.gateway", "--model", model, "--host", opts.gateway_host, "--port", str(opts.gateway_port),
-                   "--max-model-len", max_len, "--follow", weights, "--follow-token", token]
+                   "--max-model-len", max_len, "--follow", weights]
+        # secrets through the environment, not the command line (visible in `ps`)
+        gw_env = {"AUTOTHINK_GATEWAY_FOLLOW_WEIGHTS__TOKEN": token}
         if opts.api_key:
-            gw_argv += ["--api-key", opts.api_key]
+            gw_env["AUTOTHINK_GATEWAY_API_KEY"] = opts.api_key
         gateway_url = f"http://{'127.0.0.1' if opts.gateway_host in ('0.0.0.0', '::') else opts.gateway_host}:{opts.gateway_port}"
-        gateway = sup.start(Service("gateway", gw_argv, {}, f"{gateway_url}/ready"))
+        gateway = sup.start(Service("gateway", gw_argv, gw_env, f"{gateway_url}/ready"))
         training += [reward, rollout]
         sup.wait_ready([reward, rollout, gateway])
 

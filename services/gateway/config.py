@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from autothink.config import Strict, WeightSyncConfig
+from autothink.config import EMBEDDED_TOY, Strict, WeightSyncConfig, embedded_toy_path
 
 
 class EffortBudgets(Strict):
@@ -22,7 +22,12 @@ class EffortBudgets(Strict):
 
 
 class GatewayConfig(Strict):
-    model: str = Field(".cache/toy-model", description="Local Hugging Face folder to serve.")
+    model: str = Field(EMBEDDED_TOY, description=f"Local Hugging Face folder to serve ('{EMBEDDED_TOY}': the committed toy model).")
+
+    @field_validator("model")
+    @classmethod
+    def _embedded_model(cls, v: str) -> str:
+        return embedded_toy_path() if v == EMBEDDED_TOY else v
     served_model_name: str = Field("autothink", description="The model id of the OpenAI API.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

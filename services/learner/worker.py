@@ -67,6 +67,10 @@ class Learner:
             rows = load_problems(run.data.source, run.model.path, run.data.problem_key, run.data.answer_key)
             if run.data.shuffle:
                 random.Random(run.seed).shuffle(rows)
+            if run.data.balance_levels:
+                from autothink.data import interleave_levels
+
+                rows = interleave_levels(rows)
             self.problems = rows
             self.bus = RedisBus(run.redis.url, svc.run_id, run.redis.max_stream_len, run.redis.claim_idle_ms,
                                 max_deliveries=run.redis.max_deliveries)

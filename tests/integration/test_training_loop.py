@@ -127,3 +127,27 @@ def test_killed_learner_resumes_where_it_stopped(toy_model, redis_server, servic
     versions = [r["policy_version"] for r in rows]
     assert versions == sorted(set(versions))  # versions only move forward, across resumes too
     assert json.loads((ckpt / "state.json").read_text())["epoch"] == 2
+
+
+def test_the_degeneration_alarm_stops_the_run_with_a_checkpoint(toy_model, redis_server, services, tmp_path):
+    """monitor.on_degeneration: stop, with thresholds set so that any dip in think accuracy
+    counts (an injected fault: the real alarm needs a real collapse, tests/unit/test_degeneration.py):
+    the learner checkpoints the step it stopped at and exits with status 3, saying why."""
+    model_dir = toy_model[0]
+    weights = f"127.0.0.1:{free_port()}"
+    exp = _experiment(model_dir, redis_server.url, weights, tmp_path / "run")
+    exp["stages"] = [{**s, "prompts_per_batch": 8, "steps": 4} for s in exp["stages"]]  # 32 samples a step: ~16 think
+    exp["optim"]["mini_batch_prompts"] = 8
+    exp["monitor"] = {"on_degeneration": "stop", "degeneration_window": 1, "degeneration_steps": 1,
+                      "degeneration_drop": 0.001, "degeneration_severe_drop": 0.001}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    _start_stack(services, tmp_path, model_dir, redis_server.url, weights)
+    learner = _learner(services, tmp_path, weights, "learner", AUTOTHINK_LEARNER_CHECKPOINT_EVERY="0")
+    assert learner.proc.wait(900) == 3, learner.output()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["degeneration"] is True and not any(r["degeneration"] for r in rows[:-1])
+    assert len(rows) < 12  # stopped before the schedule's end
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == len(rows)  # the step it stopped at is checkpointed
+    out = learner.output()
+    assert "DEGENERATION" in out and "stopping at step" in out and "training stopped: degeneration alarm" in out

@@ -57,3 +57,28 @@ def test_selfcheck_passes_on_the_installed_stack():
     assert "self-check passed" in r.stdout
     # the worked example shows stage-1 balance moving the over-represented no-think samples
     assert "stage1" in r.stdout and "adv(stage2)" in r.stdout
+
+
+def test_the_demo_sends_engine_output_to_a_log_and_keeps_its_own_lines_on_the_terminal(tmp_path):
+    """The demo's evaluation runs vLLM in this process, whose engine processes inherit fds 1 and
+    2: `_output_to` moves both (a child process's output too) to the log; the yielded stream
+    still reaches the terminal."""
+    import subprocess
+    import sys
+
+    code = f"""
+import subprocess, sys
+from pathlib import Path
+from entrypoints.cli import _output_to
+with _output_to(Path({str(tmp_path / 'logs' / 'eval.log')!r})) as terminal:
+    print("python stdout"); print("python stderr", file=sys.stderr)
+    subprocess.run([sys.executable, "-c", "import sys; print('child'); print('child err', file=sys.stderr)"])
+    print("for the user", file=terminal)
+print("after")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=60)
+    assert r.returncode == 0, r.stderr
+    log = (tmp_path / "logs" / "eval.log").read_text()
+    for line in ("python stdout", "python stderr", "child", "child err"):
+        assert line in log and line not in r.stdout + r.stderr.replace("for the user", "")
+    assert "for the user" in r.stderr and r.stdout.strip() == "after"
