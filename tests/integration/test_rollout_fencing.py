@@ -168,17 +168,17 @@ def test_the_keeper_holds_an_entry_from_its_delivery(redis_server):
     renewed from their delivery; one the replica drops and releases is not taken back."""
     from services.rollout.lease_keeper import KeeperLeases
 
-    bus = RedisBus(redis_server.url, "adopt", claim_idle_ms=400)
+    bus = RedisBus(redis_server.url, "adopt", claim_idle_ms=1000)  # a lease long enough for a loaded CI machine
     stream = bus.names.prompts
     bus.ensure_group(stream, "g")
-    leases = KeeperLeases(redis_server.url, "g", "me", 400, adopt=stream).start()
+    leases = KeeperLeases(redis_server.url, "g", "me", 1000, adopt=stream).start()
     try:
         _until(lambda: leases.renewals > 0, "the keeper's first renewal", 30)
         for i in range(2):
             bus.publish(stream, PromptMsg(f"d{i}", "q"))
         a, b = bus.read(stream, "g", "me", count=2, block_ms=0)  # delivered; the replica has not said "hold"
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 3 * 0.4:  # three leases long: the keeper keeps both
+        while time.monotonic() - t0 < 2.5:  # two and a half leases: the keeper keeps both
             assert bus.read(stream, "g", "thief", count=10, block_ms=0) == []
             time.sleep(0.05)
         leases.hold(stream, a.id)  # the replica names a late; then drops b and releases it for a retry
@@ -186,7 +186,7 @@ def test_the_keeper_holds_an_entry_from_its_delivery(redis_server):
         bus.release(stream, "g", "me", [b.id])
         (taken,) = _until(lambda: bus.read(stream, "g", "thief", count=10, block_ms=0), "b to be taken", 30)
         assert taken.id == b.id
-        time.sleep(0.6)
+        time.sleep(1.5)
         assert a.id not in {e.id for e in bus.read(stream, "g", "thief", count=10, block_ms=0)}  # a is still ours
     finally:
         leases.stop()
