@@ -271,3 +271,31 @@ def test_the_rollout_worker_aborts_a_lost_prompt_and_writes_nothing_for_it():
     assert registry.get_sample_value("autothink_rollout_leases_lost_total") == 2
     assert registry.get_sample_value("autothink_rollout_groups_total") == 1
     assert bus.pending(stream, "rollout") == 0
+
+
+def test_the_lease_keeper_sees_a_stopped_parent():
+    """The keeper renews only while its replica runs: a SIGSTOPped one must lose its leases."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from services.rollout.lease_keeper import _parent_stopped
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not _parent_stopped(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _parent_stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _parent_stopped(child.pid)
+        os.kill(child.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while _parent_stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _parent_stopped(child.pid)
+    finally:
+        child.kill()
+        child.wait()
