@@ -44,6 +44,21 @@ class TrainBatch:
     advantages: list[float]
     ungraded: int = 0  # samples left out: their grade could not be made
     groups_without_baseline: int = 0  # groups left out: fewer than two graded samples
+    #: the advantage of each response's first token -- the mode decision under the ellipsis
+    #: prompt (``</think>`` or the first thought) -- where it differs from ``advantages`` (which the
+    #: other tokens get); None: the same
+    first_token_advantages: list[float] | None = None
+
+    def token_advantages(self, i: int, n_tokens: int) -> list[float]:
+        """Per-token advantages of sample ``i`` (``n_tokens`` response tokens).
+
+        >>> b = TrainBatch([], [], [0.0, -1.0], first_token_advantages=[0.5, -1.0])
+        >>> b.token_advantages(0, 3), b.token_advantages(1, 2)
+        ([0.5, 0.0, 0.0], [-1.0, -1.0])
+        """
+        rest = float(self.advantages[i])
+        first = rest if self.first_token_advantages is None else float(self.first_token_advantages[i])
+        return [first] + [rest] * (n_tokens - 1) if n_tokens else []
 
     def mini_batches(self, groups_per_mini_batch: int) -> list[list[int]]:
         """Indices of samples, in mini-batches of whole groups (a group never straddles two)."""
@@ -116,9 +131,11 @@ def build_batch(groups: Sequence[ScoredGroup], stage: ShapingStage) -> TrainBatc
     samples, ungraded, dropped = graded_only(flatten(groups))
     rewards = shape_rewards(samples, stage)
     advantages = group_advantages(rewards, [s.group_id for s in samples])
-    if not getattr(stage, "credit_wrong_answers", True):
-        advantages = no_credit_for_wrong(advantages, [s.correct for s in samples])
-    return TrainBatch(samples, rewards, advantages, ungraded, dropped)
+    if getattr(stage, "credit_wrong_answers", True):
+        return TrainBatch(samples, rewards, advantages, ungraded, dropped)
+    # the mode decision keeps the reference's advantage; the reasoning after it gets no credit when wrong
+    trace = no_credit_for_wrong(advantages, [s.correct for s in samples])
+    return TrainBatch(samples, rewards, trace, ungraded, dropped, first_token_advantages=advantages)
 
 
 def batch_stats(batch: TrainBatch) -> dict[str, Any]:

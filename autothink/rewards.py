@@ -218,17 +218,21 @@ def shape_rewards(samples: Sequence[Sample], stage: ShapingStage) -> list[float]
 
 def no_credit_for_wrong(advantages: Sequence[float], correct: Sequence[bool]) -> list[float]:
     """GRPO advantages with every positive advantage of a not-correct response (wrong, format
-    error, cut at the length cap) set to 0: a wrong answer is never reinforced.
+    error, cut at the length cap) set to 0: wrong reasoning is never reinforced.  The learner
+    gives these to every token after the first; the first token -- the mode decision under the
+    ellipsis prompt -- keeps the unclamped advantage (``TrainBatch.first_token_advantages``).
 
     Why (issue #31; a change from the reference, which has no such rule): the base rewards rank a
     wrong think answer (0) and a truncated one (format error, 0) above a wrong direct answer
     (-1), so in a group whose direct answers fail, the wrong and the runaway think traces get a
     *positive* advantage and every token of them is made more likely.  Where think mode is weak
     (the hard levels of a weak warm start) most think traces of such groups are wrong: on the toy
-    the batch's think accuracy fell 0.93 -> 0.16 within 20 steps of stage 1.  The mode decision
-    keeps its signal: the wrong direct answers still get their negative advantage, so choosing to
-    think still wins where direct answers fail; what is dropped is the credit for the wrong
-    reasoning itself.
+    the batch's think accuracy fell 0.93 -> 0.16 within 20 steps of stage 1.  The mode
+    decision is left as the reference shapes it: the reward's preference of a wrong think answer
+    over a wrong direct one, and batch balance, which revives a rare mode through exactly such
+    samples, act on the first token.  (Clamping the first token too was tried: on a weak warm
+    start stage 1 then collapsed to all no-think within 6 steps, batch balance unable to pull
+    thinking back.)  What is dropped is the credit for the wrong reasoning itself.
 
     A group of 4 think answers (2 right: 1, 2 wrong: 0) and 4 wrong direct answers (-1): mean
     -0.25, the wrong think answers' advantage +0.25/std becomes 0.

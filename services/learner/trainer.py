@@ -246,7 +246,7 @@ class GRPOTrainer:
                     samples = [batch.samples[i] for i in m.indices]
                     lp, ent, n_computed = self._score(samples, temperature, with_entropy=epoch == 0 and m.real)
                     old_t = lp.detach() if old is None or not m.real else torch.cat([old[i] for i in m.indices]).to(lp.device)
-                    adv = torch.cat([torch.full((len(s.response_ids),), float(batch.advantages[i])) for i, s in zip(m.indices, samples)])
+                    adv = torch.tensor([a for i, s in zip(m.indices, samples) for a in batch.token_advantages(i, len(s.response_ids))])
                     behav = torch.cat([_behaviour_logprobs(s) for s in samples])
                     weights, ms = importance_weights(old_t, behav, correction, is_cap)  # type: ignore[arg-type]
                     if epoch == 0 and m.real:

@@ -128,6 +128,10 @@ def test_the_stage_setting_switches_the_rule_and_the_batch_reports_truncation():
     # rewards 1, 0, -1, -1: mean -0.25, std sqrt((1.5625 + 0.0625 + 2 * 0.5625) / 3) = 0.9574
     assert [round(a, 4) for a in reference.advantages] == [1.3056, 0.2611, -0.7833, -0.7833]
     assert [round(a, 4) for a in default.advantages] == [1.3056, 0.0, -0.7833, -0.7833]
+    # the mode decision (first token) keeps the reference's advantage; the truncated trace after it gets none
+    assert [round(a, 4) for a in default.first_token_advantages] == [1.3056, 0.2611, -0.7833, -0.7833]
+    assert [round(a, 4) for a in default.token_advantages(1, 3)] == [0.2611, 0.0, 0.0]
+    assert reference.first_token_advantages is None and reference.token_advantages(1, 2) == [reference.advantages[1]] * 2
     st = batch_stats(default)
     assert st["think_samples"] == 2 and st["truncation_rate_think"] == 0.5 and st["truncation_rate"] == 0.25
 
