@@ -18,7 +18,7 @@ from typing import Any
 
 from autothink.bus.messages import ScoredGroup
 from autothink.grpo import group_advantages
-from autothink.rewards import ShapingStage, no_credit_for_wrong, shape_rewards
+from autothink.rewards import ShapingStage, shape_rewards, trace_rewards
 
 
 @dataclass
@@ -130,11 +130,13 @@ def build_batch(groups: Sequence[ScoredGroup], stage: ShapingStage) -> TrainBatc
     then batch balance), then GRPO advantages."""
     samples, ungraded, dropped = graded_only(flatten(groups))
     rewards = shape_rewards(samples, stage)
-    advantages = group_advantages(rewards, [s.group_id for s in samples])
-    if getattr(stage, "credit_wrong_answers", True):
+    ids = [s.group_id for s in samples]
+    advantages = group_advantages(rewards, ids)
+    if getattr(stage, "trace_advantage", "reward") == "reward":  # the reference: every token alike
         return TrainBatch(samples, rewards, advantages, ungraded, dropped)
-    # the mode decision keeps the reference's advantage; the reasoning after it gets no credit when wrong
-    trace = no_credit_for_wrong(advantages, [s.correct for s in samples])
+    # the mode decision (first token) learns from the AutoThink reward; the reasoning after it
+    # from correctness and length (autothink.rewards.trace_rewards)
+    trace = group_advantages(trace_rewards(samples, stage), ids)
     return TrainBatch(samples, rewards, trace, ungraded, dropped, first_token_advantages=advantages)
 
 

@@ -94,11 +94,12 @@ class StageConfig(Strict):
     penalty_slope: float = Field(2.0, ge=0)
     alpha: float = Field(0.0, ge=0, description="Length shaping of correct samples (stage 3).")
     beta: float = Field(0.0, ge=0, description="Length shaping of wrong samples (stage 3).")
-    credit_wrong_answers: bool = Field(
-        False, description="The reference's GRPO gives a wrong think answer (reward 0) a positive advantage in a group "
-        "whose direct answers fail (-1), and so reinforces wrong and runaway traces; false (the default, a change from "
-        "the reference) sets a not-correct answer's positive advantage to 0 (autothink.rewards.no_credit_for_wrong). "
-        "true: the reference's rule.")
+    trace_advantage: Literal["correctness", "reward"] = Field(
+        "correctness", description="What the tokens after the mode decision learn from. 'reward' (the reference): every "
+        "token gets the AutoThink reward's advantage, so a correct think trace is pushed down where direct answers are "
+        "right (+1 < +2) and a wrong one up where they fail (0 > -1). 'correctness' (default, a change from the "
+        "reference): the first response token (the mode decision) gets that advantage, the rest one from correctness "
+        "and stage 3's length shaping (autothink.rewards.trace_rewards).")
 
     @property
     def samples_per_batch(self) -> int:

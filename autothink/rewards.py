@@ -186,27 +186,29 @@ def batch_balance(
     return out
 
 
+def _length_shaped(samples: Sequence[Sample], rewards: list[float], stage: ShapingStage) -> list[float]:
+    """``rewards`` with stage 3's length shaping applied inside each group (a no-op when alpha = beta = 0)."""
+    out = list(rewards)
+    if not (stage.alpha or stage.beta):
+        return out
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        groups[s.group_id].append(i)
+    for idx in groups.values():
+        shaped = length_shaping([samples[i].length for i in idx], [samples[i].correct for i in idx],
+                                [out[i] for i in idx], stage.alpha, stage.beta)
+        for i, r in zip(idx, shaped):
+            out[i] = r
+    return out
+
+
 def shape_rewards(samples: Sequence[Sample], stage: ShapingStage) -> list[float]:
     """Final rewards for a training batch: length shaping per group first, then batch balance.
 
     ``samples[i].reward`` holds the base reward (after the repetition guard).  The result is in
     the order of ``samples``.
     """
-    rewards = [float(s.reward) for s in samples]
-    if stage.alpha or stage.beta:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, s in enumerate(samples):
-            groups[s.group_id].append(i)
-        for idx in groups.values():
-            shaped = length_shaping(
-                [samples[i].length for i in idx],
-                [samples[i].correct for i in idx],
-                [rewards[i] for i in idx],
-                stage.alpha,
-                stage.beta,
-            )
-            for i, r in zip(idx, shaped):
-                rewards[i] = r
+    rewards = _length_shaped(samples, [float(s.reward) for s in samples], stage)
     return batch_balance(
         [s.think for s in samples],
         [s.correct for s in samples],
@@ -216,30 +218,25 @@ def shape_rewards(samples: Sequence[Sample], stage: ShapingStage) -> list[float]
     )
 
 
-def no_credit_for_wrong(advantages: Sequence[float], correct: Sequence[bool]) -> list[float]:
-    """GRPO advantages with every positive advantage of a not-correct response (wrong, format
-    error, cut at the length cap) set to 0: wrong reasoning is never reinforced.  The learner
-    gives these to every token after the first; the first token -- the mode decision under the
-    ellipsis prompt -- keeps the unclamped advantage (``TrainBatch.first_token_advantages``).
+def trace_rewards(samples: Sequence[Sample], stage: ShapingStage) -> list[float]:
+    """What the tokens *after* the mode decision learn from (``trace_advantage: correctness``):
+    correctness alone, 1 or 0, plus stage 3's length shaping -- not the mode's bet (+2 / -1
+    against +1 / 0) and not batch balance, which are about the choice and act on the first token.
 
-    Why (issue #31; a change from the reference, which has no such rule): the base rewards rank a
-    wrong think answer (0) and a truncated one (format error, 0) above a wrong direct answer
-    (-1), so in a group whose direct answers fail, the wrong and the runaway think traces get a
-    *positive* advantage and every token of them is made more likely.  Where think mode is weak
-    (the hard levels of a weak warm start) most think traces of such groups are wrong: on the toy
-    the batch's think accuracy fell 0.93 -> 0.16 within 20 steps of stage 1.  The mode
-    decision is left as the reference shapes it: the reward's preference of a wrong think answer
-    over a wrong direct one, and batch balance, which revives a rare mode through exactly such
-    samples, act on the first token.  (Clamping the first token too was tried: on a weak warm
-    start stage 1 then collapsed to all no-think within 6 steps, batch balance unable to pull
-    thinking back.)  What is dropped is the credit for the wrong reasoning itself.
+    Why (issue #31; a change from the reference, where every token gets the shaped reward's
+    advantage): under the reference rule two things in every group teach the *reasoning* what
+    belongs to the *choice*.  Where direct answers are right, a correct think trace (+1) is below
+    the direct answers (+2), so every token of a correct computation is made less likely; where
+    direct answers fail, a wrong think trace (0) is above them (-1), so every token of a wrong
+    computation is made more likely.  On a weak warm start the batch's think accuracy fell 0.93 ->
+    0.16 within 20 steps of stage 1.  Here a trace's advantage compares right with wrong and short
+    with long (stage 3) among the group's samples; the choice keeps the paper's reward.
 
-    A group of 4 think answers (2 right: 1, 2 wrong: 0) and 4 wrong direct answers (-1): mean
-    -0.25, the wrong think answers' advantage +0.25/std becomes 0.
-
-    >>> no_credit_for_wrong([1.4, 0.3, -0.9, -1.2], [True, False, False, True])
-    [1.4, 0.0, -0.9, -1.2]
+    >>> from types import SimpleNamespace as S
+    >>> class St: alpha = beta = 0.0; batch_balance_rate = 0.5; penalty_slope = 2.0
+    >>> xs = [S(group_id="g", think=True, correct=True, length=40, reward=1.0), S(group_id="g", think=False, correct=True, length=8, reward=2.0),
+    ...       S(group_id="g", think=True, correct=False, length=60, reward=0.0), S(group_id="g", think=False, correct=False, length=8, reward=-1.0)]
+    >>> trace_rewards(xs, St())   # both right answers alike, both wrong ones alike, whatever the mode
+    [1.0, 1.0, 0.0, 0.0]
     """
-    if len(advantages) != len(correct):
-        raise ValueError(f"{len(advantages)} advantages but {len(correct)} correctness flags")
-    return [a if ok or a <= 0 else 0.0 for a, ok in zip(advantages, correct)]
+    return _length_shaped(samples, [1.0 if s.correct else 0.0 for s in samples], stage)

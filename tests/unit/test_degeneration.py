@@ -1,5 +1,6 @@
 """The degeneration alarm on the metric series of issue #31's failed runs and on a healthy run's
-series, and the rule that stops wrong answers from being reinforced (hand-computed numbers)."""
+series, and the rule that lets the reasoning learn from correctness while the mode decision learns
+from the AutoThink reward (hand-computed numbers)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import pytest
 from autothink.batching import batch_stats, build_batch
 from autothink.bus.messages import PromptMsg, Sample, Score, ScoredGroup
 from autothink.config import MonitorConfig, StageConfig
-from autothink.grpo import group_advantages
 from autothink.monitor import DegenerationMonitor
-from autothink.rewards import no_credit_for_wrong
+from autothink.rewards import trace_rewards
 
 HEALTHY = Path(__file__).resolve().parents[1] / "data" / "healthy_demo_metrics.jsonl"
 
@@ -99,17 +99,19 @@ def test_a_step_with_few_think_samples_is_skipped():
     assert m.update({"step": 2, "accuracy_think": None}) is None
 
 
-# ------------------------------------------------------------------ no credit for wrong answers
-def test_no_credit_for_wrong_by_hand():
-    # a group: 2 right think (1), 2 wrong think (0), 4 wrong direct (-1): mean -0.25,
-    # unbiased std sqrt((2*1.5625 + 2*0.0625 + 4*0.5625) / 7) = sqrt(5.5/7) = 0.8864
-    rewards = [1.0, 1.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0]
-    correct = [True, True, False, False, False, False, False, False]
-    adv = group_advantages(rewards, ["g"] * 8)
-    assert [round(a, 4) for a in adv] == [1.4102, 1.4102, 0.282, 0.282, -0.8461, -0.8461, -0.8461, -0.8461]
-    assert [round(a, 4) for a in no_credit_for_wrong(adv, correct)] == [1.4102, 1.4102, 0.0, 0.0, -0.8461, -0.8461, -0.8461, -0.8461]
-    with pytest.raises(ValueError):
-        no_credit_for_wrong([1.0], [True, False])
+# ------------------------------------------------------------------ the trace learns from correctness
+def test_trace_rewards_by_hand():
+    """Correctness alone, then stage 3's length shaping among the correct and among the wrong."""
+    from types import SimpleNamespace as S
+
+    xs = [S(group_id="g", think=True, correct=True, length=10, reward=1.0), S(group_id="g", think=False, correct=True, length=30, reward=2.0),
+          S(group_id="g", think=True, correct=False, length=50, reward=0.0), S(group_id="g", think=False, correct=False, length=50, reward=-1.0)]
+    stage1 = StageConfig(name="s", steps=1, prompts_per_batch=1, samples_per_prompt=4, max_response_tokens=8, batch_balance_rate=0.5)
+    assert trace_rewards(xs, stage1) == [1.0, 1.0, 0.0, 0.0]  # no mode bet, no batch balance
+    stage3 = stage1.model_copy(update={"batch_balance_rate": 1.0, "alpha": 0.05, "beta": 0.05})
+    # correct lengths 10, 30: z = -/+0.7071, exp(0.05 * 0.7071) - 1 = +0.0360, exp(-0.0354) - 1 = -0.0347;
+    # wrong lengths 50, 50: std 0 -> floored, z = 0, no change
+    assert [round(r, 4) for r in trace_rewards(xs, stage3)] == [1.036, 0.9653, 0.0, 0.0]
 
 
 def _group(gid: str, rows: list[tuple[str, bool | None, float, str]]) -> ScoredGroup:
@@ -118,20 +120,22 @@ def _group(gid: str, rows: list[tuple[str, bool | None, float, str]]) -> ScoredG
     return ScoredGroup(PromptMsg(group_id=gid, problem="p", level=5), 0, samples, scores, [7, 8])
 
 
-def test_the_stage_setting_switches_the_rule_and_the_batch_reports_truncation():
-    # a truncated think trace (format error, 0) beside two wrong direct answers (-1) and a right think answer
+def test_the_mode_token_learns_the_reward_and_the_trace_correctness_and_the_batch_reports_truncation():
+    # a level where direct answers are right: a right think answer (+1) below two right direct
+    # ones (+2), and a truncated think trace (format error, 0)
     g = _group("g", [("think", True, 1.0, "stop"), ("think", False, 0.0, "length"),
-                     ("no_think", False, -1.0, "stop"), ("no_think", False, -1.0, "stop")])
+                     ("no_think", True, 2.0, "stop"), ("no_think", True, 2.0, "stop")])
     base = dict(name="s", steps=1, prompts_per_batch=1, samples_per_prompt=4, max_response_tokens=8)
-    reference = build_batch([g], StageConfig(**base, credit_wrong_answers=True))
+    reference = build_batch([g], StageConfig(**base, trace_advantage="reward"))
     default = build_batch([g], StageConfig(**base))
-    # rewards 1, 0, -1, -1: mean -0.25, std sqrt((1.5625 + 0.0625 + 2 * 0.5625) / 3) = 0.9574
-    assert [round(a, 4) for a in reference.advantages] == [1.3056, 0.2611, -0.7833, -0.7833]
-    assert [round(a, 4) for a in default.advantages] == [1.3056, 0.0, -0.7833, -0.7833]
-    # the mode decision (first token) keeps the reference's advantage; the truncated trace after it gets none
-    assert [round(a, 4) for a in default.first_token_advantages] == [1.3056, 0.2611, -0.7833, -0.7833]
-    assert [round(a, 4) for a in default.token_advantages(1, 3)] == [0.2611, 0.0, 0.0]
-    assert reference.first_token_advantages is None and reference.token_advantages(1, 2) == [reference.advantages[1]] * 2
+    # rewards 1, 0, 2, 2: mean 1.25, unbiased std sqrt((0.0625 + 1.5625 + 2 * 0.5625) / 3) = 0.9574
+    assert [round(a, 4) for a in reference.advantages] == [-0.2611, -1.3056, 0.7833, 0.7833]
+    assert reference.first_token_advantages is None and reference.token_advantages(0, 2) == [reference.advantages[0]] * 2
+    # the choice: the reference's advantages on the first token
+    assert [round(a, 4) for a in default.first_token_advantages] == [-0.2611, -1.3056, 0.7833, 0.7833]
+    # the trace: correctness 1, 0, 1, 1 (mean 0.75, std 0.5): the right think trace is no longer pushed down
+    assert [round(a, 4) for a in default.advantages] == [0.5, -1.5, 0.5, 0.5]
+    assert [round(a, 4) for a in default.token_advantages(0, 3)] == [-0.2611, 0.5, 0.5]
     st = batch_stats(default)
     assert st["think_samples"] == 2 and st["truncation_rate_think"] == 0.5 and st["truncation_rate"] == 0.25
 
