@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -49,3 +50,87 @@ def die_with_parent_if_spawned() -> None:
 def vllm_plugin() -> None:
     """vLLM general plugin (entry point ``autothink-die-with-parent``): runs in every vLLM process."""
     die_with_parent_if_spawned()
+
+
+def stale_extension_locks(root: str | os.PathLike[str] | None = None, proc: str = "/proc", min_age_s: float = 0.0) -> list[str]:
+    """Lock files of torch C++ extension builds that nobody is building any more.
+
+    torch's ``cpp_extension.load`` (DeepSpeed builds its CPU shared-memory comm op with it when the
+    learner starts) takes ``BUILD_DIR/lock`` and waits *forever* while that file exists.  A
+    learner killed while it held the lock (Ctrl-C during the start, ``kill -9``) leaves the file,
+    and every later learner on the machine then hangs at start with nothing in its log (seen
+    here).  A lock is stale when it is older than ``min_age_s`` and no process is compiling in its
+    folder (no command line names it: ninja, c++ and the linker all do) -- a live holder that is
+    not compiling holds the lock for well under a second.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "op").mkdir(); (d / "op" / "lock").touch()
+    >>> empty = pathlib.Path(tempfile.mkdtemp())   # a /proc with no process in it
+    >>> [pathlib.Path(p).parent.name for p in stale_extension_locks(d, proc=str(empty))]
+    ['op']
+    """
+    from pathlib import Path
+
+    base = Path(root) if root is not None else Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    import time
+
+    locks = [p for p in base.glob("**/lock") if p.is_file()] if base.is_dir() else []
+    now = time.time()
+    locks = [p for p in locks if now - p.stat().st_mtime >= min_age_s]
+    if not locks:
+        return []
+    busy = set()
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        busy.update(str(p.parent) for p in locks if str(p.parent) in cmd)
+    return [str(p) for p in locks if str(p.parent) not in busy]
+
+
+def clear_stale_extension_locks(log: Any = None, min_age_s: float = 30.0) -> list[str]:
+    """Remove :func:`stale_extension_locks` (saying so through ``log.warning``) and return them."""
+    removed = []
+    for path in stale_extension_locks(min_age_s=min_age_s):
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
+        if log is not None:
+            log.warning("removed a stale torch extension build lock %s (left by a process killed while building or "
+                        "loading it; torch would wait on it forever)", path)
+    return removed
+
+
+class ExtensionLockWatch:
+    """While a block runs (the learner's DeepSpeed start), clear stale extension build locks every
+    ``every_s`` seconds, so a lock left by a killed process cannot stall the start forever.
+
+    >>> with ExtensionLockWatch(every_s=0.01):
+    ...     pass
+    """
+
+    def __init__(self, log: Any = None, every_s: float = 5.0):
+        import threading
+
+        self.log, self.every_s = log, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="extension-lock-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            clear_stale_extension_locks(self.log)
+
+    def __enter__(self) -> "ExtensionLockWatch":
+        clear_stale_extension_locks(self.log)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)

@@ -43,7 +43,7 @@ def main() -> None:
     for name, env in SETTINGS:
         with tempfile.TemporaryDirectory() as d:
             out = subprocess.run([sys.executable, "-c", CHILD, d], env={**os.environ, **env}, cwd=ROOT, capture_output=True,
-                                 text=True, check=True).stdout.split()
+                                 text=True, check=True).stdout.strip().splitlines()[-1].split()
         print(f"| {name} | {out[0]} | `{out[1]}` | {out[2]} |", flush=True)
 
 

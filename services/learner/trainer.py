@@ -87,7 +87,12 @@ class GRPOTrainer:
 
         from autothink.logprobs import install_chunked_head
 
-        self.rank, self.world = init_distributed()
+        from autothink.procs import ExtensionLockWatch
+
+        # DeepSpeed builds (or loads) its CPU comm op under a lock file that a learner killed at
+        # start leaves behind; torch would then wait on it forever
+        with ExtensionLockWatch(logging.getLogger("autothink.learner")):
+            self.rank, self.world = init_distributed()
         logging.getLogger("autothink.learner").info("trainer rank %d of %d (ZeRO-%d)", self.rank, self.world, ds.zero_stage)
         self.optim = optim
         on_gpu = torch.cuda.is_available()
@@ -117,7 +122,8 @@ class GRPOTrainer:
             "bf16": {"enabled": bf16},
             "steps_per_print": 1 << 30,
         }
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        with ExtensionLockWatch(logging.getLogger("autothink.learner")):
+            self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         # a forward pass in train mode equals the no-grad one only without dropout
         self.reuse_logprobs_for_one_update = not _has_dropout(model)
         self.device = self.engine.device

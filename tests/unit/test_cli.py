@@ -82,3 +82,33 @@ print("after")
     for line in ("python stdout", "python stderr", "child", "child err"):
         assert line in log and line not in r.stdout + r.stderr.replace("for the user", "")
     assert "for the user" in r.stderr and r.stdout.strip() == "after"
+
+
+def test_a_stale_extension_lock_is_cleared_and_a_busy_one_is_kept(tmp_path):
+    """A learner killed while DeepSpeed built or loaded its comm op leaves BUILD_DIR/lock, and
+    torch waits on it forever (seen: every later learner hung at start).  An old lock that no
+    compiling process names is removed; one a running process names is kept."""
+    import time
+
+    from autothink.procs import clear_stale_extension_locks, stale_extension_locks
+
+    for name in ("stale", "busy", "fresh"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lock").touch()
+    old = time.time() - 120
+    os.utime(tmp_path / "stale" / "lock", (old, old))
+    os.utime(tmp_path / "busy" / "lock", (old, old))
+    builder = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", str(tmp_path / "busy")])
+    try:
+        found = stale_extension_locks(tmp_path, min_age_s=30)
+        assert found == [str(tmp_path / "stale" / "lock")]
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path)
+        try:
+            assert clear_stale_extension_locks() == found
+        finally:
+            del os.environ["TORCH_EXTENSIONS_DIR"]
+        assert not (tmp_path / "stale" / "lock").exists() and (tmp_path / "busy" / "lock").exists()
+        assert (tmp_path / "fresh" / "lock").exists()  # younger than 30 s: a loader may be holding it
+    finally:
+        builder.kill()
+        builder.wait()
