@@ -47,7 +47,7 @@ def service_settings(
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.print_config:
-        print(json.dumps(shown, indent=2))
+        print(json.dumps(masked(shown), indent=2))
         raise SystemExit(0)
     from autothink.cpus import pin_from_env
 
@@ -59,3 +59,34 @@ def service_settings(
     if cpus is not None:
         print(f"{name}: pinned to cores {os.environ['AUTOTHINK_CPUS']} ({os.environ['OMP_NUM_THREADS']} threads)", file=sys.stderr)
     return cfg, args
+
+
+SECRET_KEYS = ("api_key", "token", "password")
+
+
+def _secret(key: str) -> bool:
+    """``token``, ``follow_token``, ``api_key``... but not ``tokenizer`` or ``max_tokens``."""
+    k = key.lower()
+    return k in SECRET_KEYS or k.endswith(tuple("_" + s for s in SECRET_KEYS))
+
+
+def masked(settings: object) -> object:
+    """Settings as ``--print-config`` shows them: every secret -- a field named like one of
+    :data:`SECRET_KEYS`, a password inside a URL -- as ``***`` when set (``""`` stays ``""``), never
+    in clear: the output lands in logs and bug reports (#39).  Every service's view goes through it.
+
+    >>> masked({"api_key": "k3y", "redis": {"url": "redis://:pw@h:6379/0"}, "weights": {"token": "", "address": "a:1"}})
+    {'api_key': '***', 'redis': {'url': 'redis://:***@h:6379/0'}, 'weights': {'token': '', 'address': 'a:1'}}
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    if isinstance(settings, dict):
+        return {k: ("***" if v else v) if _secret(k) and isinstance(v, str) else masked(v) for k, v in settings.items()}
+    if isinstance(settings, list):
+        return [masked(v) for v in settings]
+    if isinstance(settings, str) and "://" in settings and "@" in settings:
+        parts = urlsplit(settings)
+        if parts.password:
+            netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    return settings

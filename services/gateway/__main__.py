@@ -42,16 +42,6 @@ def _secret_file(path: str, what: str) -> str:
     return value
 
 
-def shown_settings(cfg) -> dict:  # type: ignore[no-untyped-def]
-    """What --print-config shows: the settings with every secret masked (#39: the follow token was
-    printed in clear)."""
-    shown = cfg.model_dump(mode="json")
-    shown["api_key"] = "***" if shown["api_key"] else ""
-    if shown.get("follow_weights") and shown["follow_weights"].get("token"):
-        shown["follow_weights"]["token"] = "***"
-    return shown
-
-
 def _with_flags(cfg, args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from autothink.config import ConfigError
     from services.gateway.config import GatewayConfig
@@ -107,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     def resolve(cfg: GatewayConfig, args: argparse.Namespace) -> dict:
         resolved.append(_with_flags(cfg, args))
         flags.append(args)
-        return shown_settings(resolved[0])
+        return resolved[0].model_dump(mode="json")  # services._cli masks the secrets
 
     service_settings(
         "gateway",
