@@ -60,8 +60,8 @@ def stale_extension_locks(root: str | os.PathLike[str] | None = None, proc: str 
     learner killed while it held the lock (Ctrl-C during the start, ``kill -9``) leaves the file,
     and every later learner on the machine then hangs at start with nothing in its log (seen
     here).  A lock is stale when it is older than ``min_age_s`` and no process is compiling in its
-    folder (no command line names it: ninja, c++ and the linker all do) -- a live holder that is
-    not compiling holds the lock for well under a second.
+    folder (no process runs in it or names it: ninja and the compilers it starts run there) -- a
+    live holder that is not compiling holds the lock for well under a second.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "op").mkdir(); (d / "op" / "lock").touch()
@@ -88,11 +88,15 @@ def stale_extension_locks(root: str | os.PathLike[str] | None = None, proc: str 
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
+        try:  # ninja and the compilers it starts run inside the build folder
+            cmd += " " + os.readlink(os.path.join(proc, entry, "cwd")) + os.sep
+        except OSError:
+            pass
         busy.update(str(p.parent) for p in locks if str(p.parent) in cmd)
     return [str(p) for p in locks if str(p.parent) not in busy]
 
 
-def clear_stale_extension_locks(log: Any = None, min_age_s: float = 30.0) -> list[str]:
+def clear_stale_extension_locks(log: Any = None, min_age_s: float = 120.0) -> list[str]:
     """Remove :func:`stale_extension_locks` (saying so through ``log.warning``) and return them."""
     removed = []
     for path in stale_extension_locks(min_age_s=min_age_s):

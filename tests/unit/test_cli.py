@@ -92,23 +92,27 @@ def test_a_stale_extension_lock_is_cleared_and_a_busy_one_is_kept(tmp_path):
 
     from autothink.procs import clear_stale_extension_locks, stale_extension_locks
 
-    for name in ("stale", "busy", "fresh"):
+    for name in ("stale", "busy", "compiling", "fresh"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "lock").touch()
     old = time.time() - 120
-    os.utime(tmp_path / "stale" / "lock", (old, old))
-    os.utime(tmp_path / "busy" / "lock", (old, old))
+    for name in ("stale", "busy", "compiling"):
+        os.utime(tmp_path / name / "lock", (old, old))
     builder = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", str(tmp_path / "busy")])
+    # ninja and the compilers run inside the build folder without naming it
+    ninja = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path / "compiling")
     try:
         found = stale_extension_locks(tmp_path, min_age_s=30)
         assert found == [str(tmp_path / "stale" / "lock")]
         os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path)
         try:
-            assert clear_stale_extension_locks() == found
+            assert clear_stale_extension_locks(min_age_s=30) == found
         finally:
             del os.environ["TORCH_EXTENSIONS_DIR"]
         assert not (tmp_path / "stale" / "lock").exists() and (tmp_path / "busy" / "lock").exists()
+        assert (tmp_path / "compiling" / "lock").exists()
         assert (tmp_path / "fresh" / "lock").exists()  # younger than 30 s: a loader may be holding it
     finally:
-        builder.kill()
-        builder.wait()
+        for p in (builder, ninja):
+            p.kill()
+            p.wait()
