@@ -110,6 +110,7 @@ class GRPOTrainer:
         if optim.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
+        custom_optimizer = optimizer is not None
         if optimizer is None:
             optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=(0.9, 0.999))
         else:
@@ -121,6 +122,8 @@ class GRPOTrainer:
             "zero_optimization": {"stage": ds.zero_stage},
             "bf16": {"enabled": bf16},
             "steps_per_print": 1 << 30,
+            # a factory's optimiser (the tests' SGD) is one DeepSpeed has not vetted for ZeRO
+            "zero_allow_untested_optimizer": custom_optimizer,
         }
         with ExtensionLockWatch(logging.getLogger("autothink.learner")):
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
