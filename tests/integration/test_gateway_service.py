@@ -131,8 +131,10 @@ def test_think_probability_is_calibrated_at_the_requests_sampling(gateway, tempe
     distribution: over 512 samples the think rate matches it, overall and in each half."""
     stats = _calibration(gateway[0], temperature, top_p)
     print(f"calibration T={temperature} top_p={top_p}: {json.dumps({k: round(v, 3) for k, v in stats.items()})}")
-    # problems whose p ranges widely (the toy's spread at temperature 1 is ~0.35-0.65, at 0.3 ~0.1-0.85)
-    assert stats["n"] >= 500 and stats["p_max"] - stats["p_min"] > 0.25, stats
+    # problems whose p ranges widely enough that the two halves differ: the embedded toy spans
+    # 0.35-0.55 at temperature 1 and 0.11-0.65 at 0.3 on these problems; with 256 samples a half's
+    # rate is known to +-0.03, well inside a 0.15 spread
+    assert stats["n"] >= 500 and stats["p_max"] - stats["p_min"] > 0.15, stats
     assert abs(stats["z"]) <= 3 and abs(stats["z_low"]) <= 3 and abs(stats["z_high"]) <= 3, stats
 
 
