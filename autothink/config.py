@@ -38,6 +38,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach -- the rule every service that listens
+    applies before it starts without a key or token (gateway, reward, weight service).  A host
+    name other than ``localhost`` may resolve to anything: not loopback.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "[::1]", "::1", "0.0.0.0", "", "[::]", "10.0.0.5", "box")]
+    [True, True, True, True, False, False, False, False, False]
+    """
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 EMBEDDED_TOY = "embedded:toy"
 
 

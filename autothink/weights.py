@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import socket
@@ -34,6 +33,7 @@ import grpc
 import torch
 import xxhash
 
+from autothink.config import is_loopback
 from autothink.v1 import weights_pb2 as pb
 from autothink.v1 import weights_pb2_grpc as pb_grpc
 
@@ -359,21 +359,6 @@ class _TokenAuth(grpc.ServerInterceptor):
             unary = handler_call_details.method.endswith("/FetchManifest")
             return self._deny_unary if unary else self._deny
         return continuation(handler_call_details)
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (the gateway's rule, here without its import).
-
-    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "[::1]", "0.0.0.0", "", "[::]", "10.0.0.5")]
-    [True, True, True, False, False, False, False]
-    """
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(bind: str, token: str, allow_no_token: bool = False) -> str | None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 
 from pydantic import Field, field_validator
 
-from autothink.config import EMBEDDED_TOY, Strict, WeightSyncConfig, embedded_toy_path
+from autothink.config import EMBEDDED_TOY, Strict, WeightSyncConfig, embedded_toy_path, is_loopback
 
 
 class EffortBudgets(Strict):
@@ -48,20 +47,6 @@ class GatewayConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     policy_version: int = Field(0, ge=0, description="Version number of the weights in `model` (reported per response).")
     follow_weights: WeightSyncConfig | None = Field(None, description="Watch the learner's weight service and hot-swap new versions.")
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach.
-
-    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0"), is_loopback("::1")
-    (True, True, False, True)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(cfg: GatewayConfig) -> str | None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 
 from pydantic import Field
 
-from autothink.config import RedisConfig, RewardConfig, Strict
+from autothink.config import RedisConfig, RewardConfig, Strict, is_loopback
 from autothink.grading import DEFAULT_TIMEOUT_S
 
 
@@ -38,9 +37,4 @@ class RewardServiceConfig(Strict):
     @property
     def loopback_only(self) -> bool:
         """True when ``host`` is a loopback address (or ``localhost``): nobody else can reach the port."""
-        if self.host.strip().lower() == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip().strip("[]")).is_loopback
-        except ValueError:
-            return False  # a host name: it may resolve to anything
+        return is_loopback(self.host)

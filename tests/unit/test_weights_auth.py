@@ -12,7 +12,6 @@ import torch
 
 from autothink import weights as W
 from autothink.v1 import weights_pb2 as pb
-from services.gateway.config import is_loopback as gateway_is_loopback
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -42,8 +41,15 @@ def test_open_binds_serve_with_a_token_or_when_the_risk_is_accepted():
 
 
 def test_loopback_rule_is_the_gateways():
+    """One rule for every listening service (autothink.config.is_loopback): the weight service,
+    the gateway and the reward service all use it."""
+    import services.gateway.config as G
+    import services.reward.config as R
+    from autothink.config import is_loopback
+
+    assert W.is_loopback is G.is_loopback is R.is_loopback is is_loopback
     for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "0.0.0.0", "::", "10.1.2.3", "example.org"):
-        assert W.is_loopback(host) == gateway_is_loopback(host), host
+        assert is_loopback(host) == (host in ("127.0.0.1", "127.0.0.2", "localhost", "::1")), host
 
 
 @pytest.fixture
