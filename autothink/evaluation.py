@@ -140,6 +140,48 @@ def sample_scored(
     return scored
 
 
+def first_token_probability(
+    model_dir: str | Path,
+    prompts: Sequence[str],
+    token: str,
+    temperature: float,
+    batch_size: int = 64,
+) -> list[float]:
+    """For each prompt, the probability that the first token sampled at ``temperature`` is
+    ``token`` -- exactly, from one float32 forward pass (transformers), not estimated by sampling.
+
+    Under the ellipsis prompt with ``token="</think>"`` this is the no-think probability whose
+    sampled estimate is ``ellipsis_no_think_rate``: 64 samples know that rate to about +-0.06
+    (binomial), and which samples land where depends on the machine's floats; this number differs
+    across machines only by float32 rounding (~1e-6).  Prompts are tokenized as vLLM does a text
+    prompt (``add_special_tokens=True``) and batched by equal length, so no padding enters.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for a sampling probability, got {temperature}")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    token_ids = tok.encode(token, add_special_tokens=False)
+    if len(token_ids) != 1:
+        raise ValueError(f"{token!r} is {len(token_ids)} tokens for this tokenizer, not one")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    encoded = [tok.encode(p, add_special_tokens=True) for p in prompts]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(encoded):
+        by_length[len(ids)].append(i)
+    out = [0.0] * len(prompts)
+    with torch.inference_mode():
+        for indices in by_length.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                logits = model(torch.tensor([encoded[i] for i in chunk])).logits[:, -1, :].float()
+                probs = torch.softmax(logits / temperature, dim=-1)[:, token_ids[0]]
+                for i, p in zip(chunk, probs.tolist()):
+                    out[i] = p
+    return out
+
+
 def level_table(
     sampler: VLLMSampler,
     problems: Sequence[dict[str, Any]],

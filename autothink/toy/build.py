@@ -85,6 +85,21 @@ def easy_direct_acc(levels: list[dict[str, Any]]) -> float:
     return sum(r["ellipsis_direct_acc"] * r["ellipsis_no_think_rate"] for r in easy) / weight
 
 
+def no_think_probability(row: dict[str, Any]) -> float:
+    """A level's ellipsis no-think rate as the targets read it: the exact probability of closing
+    ``</think>`` first (``ellipsis_no_think_p``, float32: the same on every machine to ~1e-6) where
+    the evaluation has it, else the sampled rate (64 samples: +-0.06, and machine-dependent --
+    a 0.3..0.7 band on it failed on a CI machine for a model whose sampled rates here were 0.48-0.64).
+
+    >>> no_think_probability({"ellipsis_no_think_rate": 0.72, "ellipsis_no_think_p": 0.55})
+    0.55
+    >>> no_think_probability({"ellipsis_no_think_rate": 0.72})
+    0.72
+    """
+    p = row.get("ellipsis_no_think_p")
+    return row["ellipsis_no_think_rate"] if p is None else p
+
+
 BUILD_TARGET = "build within 5 minutes"  # the one target about the machine, not the model
 
 
@@ -105,7 +120,7 @@ def check_targets(summary: dict[str, Any], max_seconds: float = 300.0) -> dict[s
     easy = [r for r in levels if r["level"] <= 2]
     out = {
         BUILD_TARGET: summary["build_seconds"] <= max_seconds,
-        "no-think rate 0.3..0.7 at every level": all(0.3 <= r["ellipsis_no_think_rate"] <= 0.7 for r in levels),
+        "no-think rate 0.3..0.7 at every level": all(0.3 <= no_think_probability(r) <= 0.7 for r in levels),
         "levels 1-2: think >= 0.9, direct answers >= 0.85": all(r["think_acc"] >= 0.9 for r in easy) and easy_direct_acc(levels) >= 0.85,
         "hardest level: think beats no-think by >= 0.3": last["think_acc"] - last["no_think_acc"] >= 0.3,
     }
@@ -269,10 +284,12 @@ def warm_start(out: Path, settings: ToySettings, train: list[ToyProblem], progre
 
 def evaluate(model_dir: Path, problems: list[ToyProblem], settings: ToySettings) -> list[dict[str, Any]]:
     """Per-level accuracy under the three prompts, sampled with vLLM at the eval temperature, and
-    the length of the minimal think answer (what a model that never re-checks would write)."""
+    the length of the minimal think answer (what a model that never re-checks would write), and
+    the exact ellipsis no-think probability (:func:`no_think_probability`)."""
     from transformers import AutoTokenizer
 
-    from autothink.evaluation import VLLMSampler, level_table
+    from autothink.evaluation import VLLMSampler, first_token_probability, level_table
+    from autothink.prompting import THINK_CLOSE, build_prompt
 
     with VLLMSampler(model_dir, seed=settings.seed) as sampler:
         table = level_table(
@@ -282,10 +299,13 @@ def evaluate(model_dir: Path, problems: list[ToyProblem], settings: ToySettings)
             max_tokens=settings.max_response_tokens,
         )
     tok = AutoTokenizer.from_pretrained(str(model_dir))
+    p_close = first_token_probability(
+        model_dir, [build_prompt(p.problem, "ellipsis") for p in problems], THINK_CLOSE, settings.eval_temperature)
     for row in table:
-        mine = [p for p in problems if p.level == row["level"]]
-        lengths = [len(tok(think_response(p), add_special_tokens=False)["input_ids"]) + 1 for p in mine]  # + EOS
+        mine = [i for i, p in enumerate(problems) if p.level == row["level"]]
+        lengths = [len(tok(think_response(problems[i]), add_special_tokens=False)["input_ids"]) + 1 for i in mine]  # + EOS
         row["minimal_think_tokens"] = round(sum(lengths) / len(lengths), 1)
+        row["ellipsis_no_think_p"] = round(sum(p_close[i] for i in mine) / len(mine), 4)
     return table
 
 

@@ -2,8 +2,10 @@
 
 The model is one fixed artifact: its files must be the ones its manifest names, and it must meet
 every quality target when evaluated here, on this machine's floats (vLLM sampling at temperature
-0.6; 64 problems a level, so a rate is known to about +-0.06 -- the targets below are met with
-more room than that).  The builder is tested on its own: a small build end to end, the cache, and
+0.6; 64 problems a level, so a sampled rate is known to about +-0.06 -- the accuracy targets are
+met with more room than that).  The no-think rate's 0.3..0.7 band is not: it is checked on the
+exact float32 probability of closing </think> first (the same on every machine to ~1e-6), after a
+sampled rate of 0.64 here crossed 0.7 on a CI machine.  The builder is tested on its own: a small build end to end, the cache, and
 determinism on one machine.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from autothink.prompting import build_prompt, parse_response
+from autothink.toy.build import no_think_probability
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +71,8 @@ def test_the_model_has_the_shape_of_an_untrained_r1_model(evaluated):
     # with room for sampling noise (64 samples a level: about +-0.06)
     levels = evaluated["levels"]
     # both modes at every level, at a rate that does not follow difficulty
-    rates = [r["ellipsis_no_think_rate"] for r in levels]
-    assert all(0.15 <= x <= 0.8 for x in rates), rates
+    rates = [no_think_probability(r) for r in levels]
+    assert all(0.3 <= x <= 0.7 for x in rates), rates
     # easy problems are solved by thinking (and directly: the next test); on the hardest level
     # thinking wins clearly (the committed model: think 0.8+, direct 0.0)
     assert levels[0]["think_acc"] >= 0.9, levels[0]
@@ -77,6 +80,18 @@ def test_the_model_has_the_shape_of_an_untrained_r1_model(evaluated):
     # direct answers degrade with difficulty; think traces make answers longer
     assert levels[0]["no_think_acc"] - levels[-1]["no_think_acc"] >= 0.5, levels
     assert all(r["think_tokens"] > r["no_think_tokens"] for r in levels)
+
+
+def test_the_sampled_no_think_rate_is_the_exact_probability_up_to_sampling(evaluated):
+    """The exact probability (float32, transformers) and vLLM's sampled rate (bfloat16 weights)
+    measure the same thing: pooled over the 8 levels (512 samples) they agree within 4 binomial
+    standard deviations (~0.09 at p ~ 0.55) plus 0.03 for the bf16 weights vLLM samples from (the
+    committed model here: 0.553 sampled vs 0.562 exact)."""
+    levels = evaluated["levels"]
+    n = 64 * len(levels)
+    rate = sum(r["ellipsis_no_think_rate"] for r in levels) / len(levels)
+    p = sum(r["ellipsis_no_think_p"] for r in levels) / len(levels)
+    assert abs(rate - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 0.03, (rate, p, levels)
 
 
 def test_the_model_overthinks_and_answers_easy_problems_directly(evaluated):
