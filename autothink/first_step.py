@@ -45,9 +45,9 @@ def close_probability(logits: torch.Tensor, close_id: int, temperature: float, t
     (temperature ≈ 0) gives 1 or 0: whether ``close_id`` is the argmax.
 
     >>> row = torch.log(torch.tensor([0.5, 0.3, 0.2]))
-    >>> round(close_probability(row, 2, 1.0), 6), round(close_probability(row, 1, 1.0, top_p=0.8), 6)
+    >>> round(close_probability(row, 2, 1.0), 6), round(close_probability(row, 1, 1.0, top_p=0.75), 6)
     (0.2, 0.375)
-    >>> close_probability(row, 2, 1.0, top_p=0.8), close_probability(row, 0, 0.0)
+    >>> close_probability(row, 2, 1.0, top_p=0.75), close_probability(row, 0, 0.0)  # 0.2 <= 1 - 0.75 by 0.05, not by an ulp
     (0.0, 1.0)
 
     At temperature 0.5 the probabilities become proportional to their squares (0.25, 0.09, 0.04):
