@@ -159,6 +159,8 @@ def first_token_probability(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from autothink.first_step import close_probability  # the gateway's own rule for the same number
+
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for a sampling probability, got {temperature}")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -175,10 +177,9 @@ def first_token_probability(
         for indices in by_length.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                logits = model(torch.tensor([encoded[i] for i in chunk])).logits[:, -1, :].float()
-                probs = torch.softmax(logits / temperature, dim=-1)[:, token_ids[0]]
-                for i, p in zip(chunk, probs.tolist()):
-                    out[i] = p
+                logits = model(torch.tensor([encoded[i] for i in chunk])).logits[:, -1, :]
+                for i, row in zip(chunk, logits):
+                    out[i] = close_probability(row, token_ids[0], temperature)
     return out
 
 
