@@ -29,18 +29,20 @@ BEGIN, END = "<!-- toy-build:begin (bench/toy_build_bench.py --benchmarks) -->",
 
 
 def margins(summary: dict[str, Any]) -> dict[str, float]:
-    """How far each quality target is from its edge (positive: met with that much room).
+    """How far each quality target is from its edge (positive: met with that much room).  The
+    no-think rate is read as the targets read it (:func:`no_think_probability`: exact where the
+    build has it, else sampled).
 
     >>> lv = [{"level": l, "think_acc": 1.0, "no_think_acc": 1.0 if l < 3 else 0.0, "ellipsis_no_think_rate": 0.5,
     ...        "ellipsis_direct_acc": 1.0 if l < 3 else 0.0, "think_tokens": 30.0, "minimal_think_tokens": 15.0} for l in (1, 2, 8)]
     >>> margins({"levels": lv})
     {'no-think rate in 0.3..0.7': 0.2, 'levels 1-2 think - 0.9': 0.1, 'levels 1-2 direct - 0.85': 0.15, 'L8 think - no-think - 0.3': 0.7, 'overthinking / minimal - 1.5': 0.5}
     """
-    from autothink.toy.build import easy_direct_acc
+    from autothink.toy.build import easy_direct_acc, no_think_probability
 
     levels = sorted(summary["levels"], key=lambda r: r["level"])
     easy, last = [r for r in levels if r["level"] <= 2], levels[-1]
-    rates = [r["ellipsis_no_think_rate"] for r in levels]
+    rates = [no_think_probability(r) for r in levels]
     think = sum(r["think_tokens"] for r in levels)
     minimal = sum(r["minimal_think_tokens"] for r in levels)
     return {
@@ -53,14 +55,14 @@ def margins(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def markdown(rows: list[dict[str, Any]], started: str) -> str:
-    from autothink.toy.build import BUILD_TARGET
+    from autothink.toy.build import BUILD_TARGET, no_think_probability
 
     names = [n for n in rows[0]["targets"] if n != BUILD_TARGET]
-    head = "| build seed | " + " | ".join(names) + " | think L7 / L8 | no-think rate (min-max) | SFT loss | build time |"
+    head = "| build seed | " + " | ".join(names) + " | think L7 / L8 | P(no-think) (min-max) | SFT loss | build time |"
     lines = [head, "|" + "---|" * (len(names) + 5)]
     for r in rows:
         levels = {x["level"]: x for x in r["summary"]["levels"]}
-        rates = [x["ellipsis_no_think_rate"] for x in levels.values()]
+        rates = [no_think_probability(x) for x in levels.values()]
         cells = " | ".join("met" if r["targets"][n] else "**missed**" for n in names)
         lines.append(f"| {r['seed']} | {cells} | {levels[7]['think_acc']:.2f} / {levels[8]['think_acc']:.2f} | "
                      f"{min(rates):.2f}-{max(rates):.2f} | {r['summary']['sft_loss'][1]:.4f} | {r['summary']['build_seconds']:.0f} s |")
