@@ -33,7 +33,8 @@ bench-toy-build: install  ## build the toy for 5 build seeds: seed x target tabl
 proto: install  ## regenerate autothink/v1/*_pb2*.py from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh
 
-deploy:  ## render deploy/autothink.yaml from deploy/overlays/cpu-toy (what `kubectl apply -f deploy/` applies)
+deploy: install  ## write deploy/base/experiment.yaml from the toy preset and render deploy/autothink.yaml from deploy/overlays/cpu-toy (what `kubectl apply -f deploy/` applies)
+	$(PY) -m entrypoints.deploy_experiment > deploy/base/experiment.yaml
 	@(echo "# Rendered from deploy/overlays/cpu-toy by \`make deploy\` (kubectl kustomize); do not edit: a test fails when it drifts."; \
 	  kubectl kustomize deploy/overlays/cpu-toy) > deploy/autothink.yaml
 

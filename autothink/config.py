@@ -403,8 +403,22 @@ def load_config(
     return validate(RunConfig, data, where=str(source))
 
 
-def load_section(model: type[M], prefix: str, source: str | None = None, environ: Mapping[str, str] | None = None) -> M:
-    """Load a service's own settings: optional YAML file, then ``{prefix}*`` environment overrides."""
-    data = read_yaml(source) if source else {}
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mapping into mapping (a section's other keys stay).
+
+    >>> merged({"redis": {"url": "a", "claim_idle_ms": 5}, "port": 1}, {"redis": {"url": "b"}})
+    {'redis': {'url': 'b', 'claim_idle_ms': 5}, 'port': 1}
+    """
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def load_section(model: type[M], prefix: str, source: str | None = None, environ: Mapping[str, str] | None = None,
+                 base: Mapping[str, Any] | None = None) -> M:
+    """Load a service's own settings: ``base`` (its sections of the experiment: the run's one manifest),
+    then the optional YAML file, then ``{prefix}*`` environment overrides."""
+    data = merged(base or {}, read_yaml(source) if source else {})
     env = os.environ if environ is None else environ
     return validate(model, apply_overrides(data, env_overrides(model, env, prefix)), where=source or prefix + "*")

@@ -28,6 +28,7 @@ from typing import IO, Any
 import yaml
 
 from autothink.config import RunConfig
+from services.manifest import service_slice, write_slice
 
 COLORS = {"redis": 31, "reward": 33, "rollout": 36, "learner": 35, "gateway": 32}
 
@@ -241,18 +242,19 @@ def train(run: RunConfig, opts: UpOptions, progress: Callable[[dict[str, Any]], 
         exp.write_text(yaml.safe_dump(data, sort_keys=False))
         model = str(Path(run.model.path).resolve())
         max_len = str(_max_model_len(run))
-        common = {"RUN_ID": opts.run_id, "REDIS__URL": redis_url}
-
-        def env(prefix: str, **kv: str) -> dict[str, str]:
-            return {f"AUTOTHINK_{prefix}_{k}": v for k, v in {**common, **kv}.items()}
-
         cores = _cores(run, opts, sup.write)
         reward_port, rollout_port, learner_port = free_port(), free_port(), free_port()
-        reward = sup.start(Service("reward", [py, "-m", "services.reward"], env("REWARD", PORT=str(reward_port), GRADER_WORKERS="1"),
+        # each service's settings: its slice of the experiment plus what only the launcher knows,
+        # validated here before anything starts (services/manifest.py)
+        slices = {
+            "reward": service_slice("reward", data, run_id=opts.run_id, port=reward_port, grader_workers=1),
+            "rollout": service_slice("rollout", data, run_id=opts.run_id, port=rollout_port, model=model, max_model_len=int(max_len)),
+        }
+        config = {name: write_slice(run_dir / "config", name, s) for name, s in slices.items()}
+        reward = sup.start(Service("reward", [py, "-m", "services.reward", "--config", str(config["reward"])], {},
                                    f"http://127.0.0.1:{reward_port}/health"))
-        rollout = sup.start(Service("rollout", [py, "-m", "services.rollout"], env(
-            "ROLLOUT", PORT=str(rollout_port), MODEL=model, MAX_MODEL_LEN=max_len, WEIGHTS__ADDRESS=weights, WEIGHTS__TOKEN=token) | cores.get("rollout", {}),
-            f"http://127.0.0.1:{rollout_port}/health"))
+        rollout = sup.start(Service("rollout", [py, "-m", "services.rollout", "--config", str(config["rollout"])], cores.get("rollout", {}),
+                                    f"http://127.0.0.1:{rollout_port}/health"))
         gw_argv = [py, "-m", "services.gateway", "--model", model, "--host", opts.gateway_host, "--port", str(opts.gateway_port),
                    "--max-model-len", max_len, "--follow", weights]
         # secrets through the environment, not the command line (visible in `ps`)

@@ -32,7 +32,14 @@ def service_settings(
         description=f"{description} Settings come from --config FILE and {prefix}* environment variables.",
         epilog="AUTOTHINK_CPUS=0-3,8 pins the service (and the engine processes and threads it starts) to those cores.",
     )
+    from services.manifest import SLICES
+
     parser.add_argument("--config", help="YAML file with this service's settings")
+    if name in SLICES:
+        parser.add_argument(
+            "--experiment", metavar="FILE_OR_PRESET",
+            help=f"the run's experiment file (or a preset name): this service takes its sections ({', '.join(SLICES[name])}) "
+                 "from it, so every service of a run reads the same manifest; --config and the environment override them")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     if add_args is not None:
         add_args(parser)
@@ -41,7 +48,8 @@ def service_settings(
     from autothink.config import ConfigError, load_section
 
     try:
-        cfg = load_section(model, prefix, args.config)
+        base = experiment_sections(name, args.experiment) if getattr(args, "experiment", None) else None
+        cfg = load_section(model, prefix, args.config, base=base)
         shown = resolve(cfg, args) if resolve is not None else cfg.model_dump(mode="json")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -59,6 +67,15 @@ def service_settings(
     if cpus is not None:
         print(f"{name}: pinned to cores {os.environ['AUTOTHINK_CPUS']} ({os.environ['OMP_NUM_THREADS']} threads)", file=sys.stderr)
     return cfg, args
+
+
+def experiment_sections(service: str, source: str) -> dict[str, Any]:
+    """``service``'s sections of the experiment ``source`` (validated whole, as the learner reads it)."""
+    from autothink.config import load_config
+    from services.manifest import SLICES
+
+    data = load_config(source, environ={}).model_dump(mode="json")  # the AUTOTHINK_* of the learner's environment are not this service's
+    return {k: data[k] for k in SLICES[service] if k in data}
 
 
 SECRET_KEYS = ("api_key", "token", "password")

@@ -1,5 +1,6 @@
 """The reward service with a real redis-server, two real replicas and real HTTP."""
 
+import os
 import time
 
 import httpx
@@ -183,3 +184,40 @@ def test_adhoc_grading_is_keyed_bounded_and_cannot_starve_training(redis_server,
         for f in pending:
             f.result()
     assert "g950" in got and latency < 1.5, latency
+
+
+def test_the_experiments_rewards_reach_the_scored_stream(redis_server, tmp_path):
+    """Issue #33: an experiment's ``rewards:`` section used to be validated and then never reach the
+    grader.  The reward service started as `autothink up` starts it (its slice of the experiment,
+    services/manifest.py, in a --config file) scores with the experiment's table."""
+    import subprocess
+    import sys
+
+    from autothink.config import load_config
+    from services.manifest import service_slice, write_slice
+    from tests.conftest import ROOT
+
+    changed = {"think_correct": 1.5, "think_wrong": -0.5, "no_think_correct": 3.0, "no_think_wrong": -2.0,
+               "format_error": -0.25, "repetition_penalty": -4.0}
+    run = load_config("toy", [f"rewards.{k}={v}" for k, v in changed.items()])
+    data = run.model_dump(mode="json")
+    data["redis"]["url"] = redis_server.url
+    port = free_port()
+    config = write_slice(tmp_path / "config", "reward", service_slice("reward", data, run_id=RUN, port=port, grader_workers=1))
+    log = open(tmp_path / "reward.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "services.reward", "--config", str(config)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if not k.startswith("AUTOTHINK_REWARD_")})
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc)
+        bus = RedisBus(redis_server.url, RUN)
+        bus.publish(bus.names.rollouts, _group(0))
+        scored = _read_scored(bus, 1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+    # CASES under the changed table, by hand: no-think right, no-think wrong, looping (repetition
+    # penalty), think right, think wrong, no </think> (format error), no boxed answer (format error)
+    want = [3.0, -2.0, -4.0, 1.5, -0.5, -0.25, -0.25]
+    assert [s.reward for s in scored["g000"].scores] == want, (tmp_path / "reward.log").read_text()[-3000:]
+    assert want != [r for _, r in CASES]  # the reference table would have scored them otherwise

@@ -43,6 +43,13 @@ def test_up_trains_serves_and_stops_cleanly(toy_model, tmp_path):
         assert [r["stage"] for r in rows] == ["stage1"] * 2 + ["stage2"] * 2 + ["stage3"] * 2
         for name in ("stage1", "stage2", "stage3"):
             assert (tmp_path / "run" / "stages" / name / "config.json").is_file()
+        # reward and rollout ran on their slices of the experiment (services/manifest.py), owner-only files
+        exp = yaml.safe_load((tmp_path / "run" / "experiment.yaml").read_text())
+        for name, sections in (("reward", ("redis", "rewards")), ("rollout", ("redis", "weights"))):
+            path = tmp_path / "run" / "config" / f"{name}.yaml"
+            got = yaml.safe_load(path.read_text())
+            assert {k: got[k] for k in sections} == {k: exp[k] for k in sections} and got["run_id"] == "e2e", name
+            assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
 
         seen |= descendants(proc.pid)
         r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"prompt": "What is the value of $3+4$?", "max_tokens": 96}, timeout=60)

@@ -78,7 +78,10 @@ def check_container(service: str, flags: list[str], env: dict[str, str], ports: 
     if experiment is not None:
         path = tmp / "experiment.yaml"
         path.write_text(experiment)
-        env = {**env, "AUTOTHINK_LEARNER_EXPERIMENT": str(path)}
+        if service == "learner":
+            env = {**env, "AUTOTHINK_LEARNER_EXPERIMENT": str(path)}
+        # the pod's mounted experiment (the ConfigMap) is this file here
+        flags = [str(path) if f == "/etc/autothink/experiment.yaml" else f for f in flags]
     shown = print_config(service, flags, env)
     assert shown[PORT_FIELD[service]] in ports, f"{service} listens on {shown[PORT_FIELD[service]]}, the deployment exposes {ports}"
     return shown
@@ -259,7 +262,9 @@ def test_manifest_commands_env_and_ports_match_the_code(overlay, tmp_path) -> No
             service, flags = service_of(c["command"])
             seen.add(service)
             ports = {p["containerPort"] for p in c.get("ports", [])}
-            shown = check_container(service, flags, env, ports, tmp_path, run_yaml if service == "learner" else None)
+            if service in ("reward", "rollout"):  # they take their sections of the same manifest
+                assert flags[:2] == ["--experiment", "/etc/autothink/experiment.yaml"], (service, flags)
+            shown = check_container(service, flags, env, ports, tmp_path, run_yaml)
             if service in ("rollout", "gateway"):
                 address = shown["weights"]["address"] if service == "rollout" else shown["follow_weights"]["address"]
                 assert address == "learner-weights:50051"
@@ -283,6 +288,14 @@ def test_rendered_manifest_is_up_to_date() -> None:
     assert body == r.stdout, "deploy/autothink.yaml is stale: run `make deploy`"
     top = [p.name for p in (ROOT / "deploy").iterdir() if p.is_file()]
     assert top == ["autothink.yaml"], "kubectl apply -f deploy/ applies every file at the top of deploy/"
+
+
+def test_the_clusters_experiment_is_the_toy_preset() -> None:
+    """deploy/base/experiment.yaml is generated from the preset (`make deploy`): the cluster's stage
+    schedule cannot drift from the demo's."""
+    from entrypoints.deploy_experiment import render
+
+    assert (ROOT / "deploy" / "base" / "experiment.yaml").read_text() == render(), "stale: run `make deploy`"
 
 
 def test_unknown_env_is_caught() -> None:
