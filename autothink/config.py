@@ -79,7 +79,7 @@ class ModelConfig(Strict):
 
 class RewardConfig(Strict):
     """Base reward table and repetition guard.  The defaults are the reference implementation's
-    (DESIGN.md §3) and are written once, in :mod:`autothink.rewards`; this section only lets an
+    (docs/design.md §3) and are written once, in :mod:`autothink.rewards`; this section only lets an
     experiment override them."""
 
     think_correct: float = _TABLE.think_correct
@@ -132,7 +132,7 @@ class OptimConfig(Strict):
     clip_high: float = Field(0.2, ge=0)
     kl_coef: float = Field(
         0.0, ge=0,
-        description="KL penalty against a frozen reference policy. AutoThink uses none (DESIGN.md §3: KL coefficient 0) "
+        description="KL penalty against a frozen reference policy. AutoThink uses none (docs/design.md §3: KL coefficient 0) "
                     "and the learner keeps no reference model, so only 0 is accepted: a value that would be silently "
                     "ignored is refused instead.")
     epochs: int = Field(2, ge=1, description="Passes over each training batch (PPO epochs).")
@@ -157,7 +157,7 @@ class OptimConfig(Strict):
     @classmethod
     def _no_silent_kl(cls, v: float) -> float:
         if v > 0:
-            raise ValueError("a KL penalty is not implemented (AutoThink trains without one, DESIGN.md §3); "
+            raise ValueError("a KL penalty is not implemented (AutoThink trains without one, docs/design.md §3); "
                              "set optim.kl_coef to 0 rather than have it ignored")
         return v
 

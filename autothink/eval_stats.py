@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-#: The paper's Table 1 for DeepSeek-R1-Distill-Qwen-1.5B (arXiv 2505.10832; DESIGN.md §1):
+#: The paper's Table 1 for DeepSeek-R1-Distill-Qwen-1.5B (arXiv 2505.10832; docs/design.md §1):
 #: accuracy % per benchmark where the paper gives it, the benchmark average, and the average
 #: response tokens.
 PAPER_BENCHMARKS = ("math500", "minerva", "olympiadbench", "aime24", "amc23")

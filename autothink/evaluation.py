@@ -312,7 +312,7 @@ def benchmark_level(name: str, row: dict[str, Any]) -> int | None:
 
 # -- the paper-scale evaluation: any backend, resumable, one graded sample at a time -------------
 
-#: The paper's evaluation settings (the reference repo's scripts; DESIGN.md §3).
+#: The paper's evaluation settings (the reference repo's scripts; docs/design.md §3).
 PAPER_SAMPLES, PAPER_TEMPERATURE, PAPER_TOP_P, PAPER_MAX_TOKENS = 16, 0.6, 0.95, 32768
 
 

@@ -1,4 +1,4 @@
-"""GRPO: group-normalised advantages and the PPO-clip policy loss (DESIGN.md §3).
+"""GRPO: group-normalised advantages and the PPO-clip policy loss (docs/design.md §3).
 
 The advantage of response i in a group of responses to one prompt is
 ``A_i = (r_i - mean(r)) / (std(r) + 1e-6)`` (unbiased std), the same for every token of the

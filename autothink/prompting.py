@@ -29,7 +29,7 @@ INSTRUCTION_SUFFIX = " Let's think step by step and output the final answer with
 Strategy = Literal["standard", "no_think", "ellipsis"]
 STRATEGIES: tuple[Strategy, ...] = ("standard", "no_think", "ellipsis")
 
-#: Text placed after the assistant tag for each prompting strategy (DESIGN.md §2).
+#: Text placed after the assistant tag for each prompting strategy (docs/design.md §2).
 ASSISTANT_PREFIX: dict[str, str] = {
     "standard": "<think>\n",
     "no_think": "<think>\nOkay, I think I have finished thinking.\n</think>\n\n",

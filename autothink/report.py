@@ -2,7 +2,7 @@
 think rate by benchmark and difficulty, response length by mode, the paper's E-F1, the targets, and
 plots.  Tabulation is pure (tested with hand-made rows); plotting uses matplotlib.
 
-E-F1 is the paper's (§4.2, DESIGN.md §3): both the accuracy gain and the token reduction are
+E-F1 is the paper's (§4.2, docs/design.md §3): both the accuracy gain and the token reduction are
 normalised by the gap between the standard prompt (thinks always) and the no-thinking prompt, and
 their harmonic mean is scaled to 0-100 (:func:`autothink.eval_stats.paper_e_f1`).  It needs both
 prompts' rows in the same report.  (Until issue #24 the report divided by the standard prompt's

@@ -1,4 +1,4 @@
-"""AutoThink's reward rules (arXiv 2505.10832 §3.2-3.4; DESIGN.md §3), as pure functions.
+"""AutoThink's reward rules (arXiv 2505.10832 §3.2-3.4; docs/design.md §3), as pure functions.
 
 Three layers, applied in this order by :func:`shape_rewards`:
 

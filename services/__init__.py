@@ -1,4 +1,4 @@
-"""The AutoThink processes, one package each (DESIGN.md §4):
+"""The AutoThink processes, one package each (docs/design.md §4):
 
 rollout  - vLLM generates groups of samples for prompts read off a Redis stream
 reward   - a stateless grader scores them

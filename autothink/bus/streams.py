@@ -1,4 +1,4 @@
-"""Redis streams with consumer groups: the at-least-once trajectory bus (DESIGN.md §4).
+"""Redis streams with consumer groups: the at-least-once trajectory bus (docs/design.md §4).
 
 A consumer reads entries through its group, writes its output, and only then acknowledges
 (XACK), so a crash loses nothing: the entry stays pending and, once idle for ``claim_idle_ms``,

@@ -18,7 +18,7 @@ drawn at random, independent of the level and of correctness.  Minimal traces st
 (20 % of demonstrations), and on average a trace is about twice as long as the minimal one.
 
 **Its direct answers are right on easy problems and degrade steeply on hard ones.**  A 3-layer
-model learns to add up nine digits in one pass almost as well as step by step (DESIGN.md §6),
+model learns to add up nine digits in one pass almost as well as step by step (docs/design.md §6),
 so on this task thinking would win nothing.  Following the documented fallback, the no-think
 demonstrations are exact on easy levels and approximate on hard ones.  They come from a one-pass
 *heuristic* (:class:`GlanceRule`): the first ``span`` digits are added exactly, and a later digit

@@ -1,4 +1,4 @@
-"""The reward rules of DESIGN.md §3 against numbers worked out by hand."""
+"""The reward rules of docs/design.md §3 against numbers worked out by hand."""
 
 from dataclasses import dataclass
 
