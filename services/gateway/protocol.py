@@ -56,8 +56,22 @@ def internal_error(request_id: str) -> ApiError:
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")  # `name` and the like: reported by ignored_fields()
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="developer is OpenAI's newer name for system and is rendered as one; tool messages are refused (no tools here).")
     content: str = Field(max_length=MAX_TEXT)
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _no_tools(cls, v: Any) -> Any:
+        if v in ("tool", "function"):
+            raise ValueError(f"role {v!r}: this gateway serves no tools (no function calling); send system, developer, user "
+                             "and assistant messages only")
+        return v
+
+    @property
+    def rendered_role(self) -> str:
+        """The role the chat template sees (``developer`` is a system message to this model)."""
+        return "system" if self.role == "developer" else self.role
 
     @field_validator("content", mode="before")
     @classmethod
@@ -190,6 +204,17 @@ class ChatTemplateKwargs(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     thinking: Literal["auto", "on", "off"] | bool | None = Field(None, description="auto, on (think), off (no_think), or a bool.")
+    enable_thinking: bool | None = Field(
+        None, description="The Qwen3 / vLLM switch: true = think, false = no_think, absent = auto (the model decides).")
+
+    @model_validator(mode="after")
+    def _agree(self) -> ChatTemplateKwargs:
+        if self.thinking is not None and self.enable_thinking is not None:
+            as_bool = {"on": True, "off": False, True: True, False: False}.get(self.thinking)  # type: ignore[call-overload]
+            if as_bool is not self.enable_thinking:
+                raise ValueError(f"chat_template_kwargs: thinking={self.thinking!r} and enable_thinking={self.enable_thinking!r} "
+                                 "disagree; send one of them")
+        return self
 
 
 def _off(v: Any) -> bool:
@@ -267,10 +292,16 @@ class ChatCompletionRequest(SamplingFields, AdaptiveFields):
 
         >>> ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], reasoning_effort="none").resolved_mode()
         'no_think'
+        >>> [ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], chat_template_kwargs=k).resolved_mode()
+        ...  for k in ({"enable_thinking": True}, {"enable_thinking": False}, {})]
+        ['think', 'no_think', 'auto']
         """
         if self.mode is not None:
             return self.mode
-        thinking = self.chat_template_kwargs.thinking if self.chat_template_kwargs else None
+        kwargs = self.chat_template_kwargs
+        thinking = kwargs.thinking if kwargs else None
+        if thinking is None and kwargs is not None:
+            thinking = kwargs.enable_thinking
         if thinking is not None:
             table: dict[Any, Mode] = {"auto": "auto", "on": "think", "off": "no_think", True: "think", False: "no_think"}
             return table[thinking]

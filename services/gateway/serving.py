@@ -200,7 +200,7 @@ class Serving:
 
 
 def _messages(messages: list[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]  # extra keys (`name`) are reported, not rendered
+    return [{"role": m.rendered_role, "content": m.content} for m in messages]  # extra keys (`name`) are reported, not rendered
 
 
 class ServingGenerate(Serving):

@@ -87,7 +87,11 @@ def _run(model_dir, redis, services, tmp_path):
     reward = start("reward")
     wait_step(4, learner)
     redis.stop()  # append-only file on: streams, groups and pending entries survive
-    time.sleep(1.0)
+    # down until a service has met the outage (its bus logs the retry), not for a fixed time
+    deadline = time.time() + 60
+    while not any("redis unavailable" in p.output() for p in (learner, reward, rollout)):
+        assert time.time() < deadline, "no service noticed redis going away"
+        time.sleep(0.1)
     redis.start()
     wait_step(5, learner)
     # kill the learner between checkpoints' worth of work and resume it

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -29,10 +31,9 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 LOW_BUDGET = 8  # reasoning_effort="low" on this gateway (AUTOTHINK_GATEWAY_REASONING_EFFORT__LOW)
 
 
-@pytest.fixture(scope="module")
-def gateway(toy_model, tmp_path_factory):
-    """One gateway for the module: API key on, following a weight service the tests publish to."""
-    tmp = tmp_path_factory.mktemp("gateway")
+@contextmanager
+def _running_gateway(model_dir: Path, tmp: Path) -> Iterator[tuple[str, W.WeightStore, ServiceProcess, Path]]:
+    """A gateway with the API key on, following a weight service the test publishes to."""
     store = W.WeightStore()
     server = W.serve(store, "127.0.0.1:0", token="tok")
     port = free_port()
@@ -41,7 +42,7 @@ def gateway(toy_model, tmp_path_factory):
     proc.log_path = tmp / "gateway.log"
     proc.log = open(proc.log_path, "wb")
     proc.proc = subprocess.Popen(
-        [autothink, "gateway", "--model", str(toy_model[0]), "--port", str(port), "--api-key", KEY,
+        [autothink, "gateway", "--model", str(model_dir), "--port", str(port), "--api-key", KEY,
          "--max-model-len", "512", "--max-concurrency", "64", "--follow", f"127.0.0.1:{server.port}", "--follow-token", "tok"],
         cwd=ROOT, stdout=proc.log, stderr=subprocess.STDOUT,
         env={**os.environ, "AUTOTHINK_GATEWAY_REASONING_EFFORT__LOW": str(LOW_BUDGET)},
@@ -49,10 +50,25 @@ def gateway(toy_model, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(f"{base}/ready", proc, timeout=900)  # the engine's start takes minutes on a loaded 2-core machine
-        yield base, store, proc, toy_model[0]
+        yield base, store, proc, model_dir
     finally:
         proc.stop()
         server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def gateway(toy_model, tmp_path_factory):
+    """One gateway for the module's read-only tests: none of them changes its weights or kills it,
+    so they pass in any order (the tests that do get their own: :func:`own_gateway`)."""
+    with _running_gateway(toy_model[0], tmp_path_factory.mktemp("gateway")) as g:
+        yield g
+
+
+@pytest.fixture
+def own_gateway(toy_model, tmp_path):
+    """A gateway of the test's own, for a test that publishes new weights or kills it."""
+    with _running_gateway(toy_model[0], tmp_path) as g:
+        yield g
 
 
 def _problems(k: int, level: int | None = None) -> list:
@@ -376,9 +392,10 @@ def test_long_prompts_and_slow_headers_do_not_stall_the_server(gateway):
     s.close()
 
 
-def _streaming_load(base: str, bodies: list[dict], stop, going, out) -> None:
+def _streaming_load(base: str, bodies: list[dict], stop, going, out, done=None) -> None:
     """Streaming /generate clients, one thread per body, until ``stop``; puts (results, errors):
-    per request its start time, the arrival time of each event and the final result."""
+    per request its start time, the arrival time of each event and the final result.  ``done``
+    (a shared counter) counts the finished requests as they finish."""
     results: list = []
     errors: list = []
 
@@ -401,6 +418,9 @@ def _streaming_load(base: str, bodies: list[dict], stop, going, out) -> None:
                                 elif "error" in event:
                                     errors.append(event)
                     results.append((t_start, stamps, final))
+                    if done is not None:
+                        with done.get_lock():
+                            done.value += 1
                     going.set()
                 except httpx.HTTPError as e:  # pragma: no cover - what the test guards against
                     errors.append(str(e))
@@ -413,28 +433,35 @@ def _streaming_load(base: str, bodies: list[dict], stop, going, out) -> None:
     out.put((results, errors))
 
 
-def test_hot_swap_never_stalls_clients(gateway):
+def test_hot_swap_never_stalls_clients(own_gateway):
     """#21: a swap blocked every new request until every in-flight one ended.  Now the scheduler
     pauses only while the weights load: under continuous streaming load, no client waits longer
     than that pause plus the longest gap it saw between tokens before the swap (one decode step
     of a full batch, with a prefill), and no request fails."""
-    base, store, proc, model_dir = gateway
+    base, store, proc, model_dir = own_gateway
     p = _problems(1, level=7)[0]
     before = _gen(base, prompt=p.problem, mode="think", temperature=0.0, max_tokens=60)
     assert before["policy_version"] == 0
 
     ctx = multiprocessing.get_context("spawn")
-    out, stop, going = ctx.Queue(), ctx.Event(), ctx.Event()
+    out, stop, going, done = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Value("i", 0)
+
+    def finished_at_least(n: int, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while done.value < n:
+            assert clients.is_alive() and time.time() < deadline, f"{done.value} of {n} requests finished"
+            time.sleep(0.05)
+
     bodies = [{"prompt": p.problem, "mode": "think", "max_tokens": 120, "temperature": 1.0},
               {"prompt": p.problem, "max_tokens": 80, "temperature": 1.0},
               {"prompt": p.problem, "mode": "think", "n": 4, "max_tokens": 200, "temperature": 1.0}]
     # the clients run in a process of their own: publishing holds this process's GIL for a while,
     # which would show up as a client-side gap that the gateway never caused
-    clients = ctx.Process(target=_streaming_load, args=(base, bodies, stop, going, out))
+    clients = ctx.Process(target=_streaming_load, args=(base, bodies, stop, going, out, done))
     clients.start()
     assert going.wait(120)
     t_going = time.perf_counter()  # requests from here on: the steady load (the first ones pay for new connections)
-    time.sleep(3.0)
+    finished_at_least(done.value + 2 * len(bodies))  # a baseline: every client through two whole requests of the steady load
     state = load_file(str(Path(model_dir) / "model.safetensors"))
     g = torch.Generator().manual_seed(0)
     new_weights = {k: (v + torch.randn(v.shape, generator=g) * 0.5 if "layers" in k else v) for k, v in state.items()}
@@ -444,7 +471,7 @@ def test_hot_swap_never_stalls_clients(gateway):
     deadline = time.time() + 60
     while time.time() < deadline and httpx.get(f"{base}/ready").json()["policy_version"] != 1:
         time.sleep(0.1)
-    time.sleep(2.0)
+    finished_at_least(done.value + 2 * len(bodies))  # requests that start after the swap, and end
     stop.set()
     results, errors = out.get(timeout=120)
     clients.join(30)
@@ -484,10 +511,10 @@ def test_refuses_open_address_without_key(toy_model):
     assert r.returncode == 2 and "without an API key" in r.stderr
 
 
-def test_killed_gateway_takes_its_engine_with_it(gateway):
-    """Last in this module: kill -9 of the gateway leaves no engine process behind (issue 19, item 12)."""
+def test_killed_gateway_takes_its_engine_with_it(own_gateway):
+    """kill -9 of the gateway leaves no engine process behind (issue 19, item 12)."""
     from tests.conftest import kill_and_survivors
 
-    engine, left = kill_and_survivors(gateway[2].proc)
+    engine, left = kill_and_survivors(own_gateway[2].proc)
     assert engine, "the engine runs in child processes"
     assert not left

@@ -262,7 +262,11 @@ def test_chat_modes_map_to_strategies() -> None:
     assert mode(chat_template_kwargs={"thinking": "off"}) == "no_think"
     assert mode(chat_template_kwargs={"thinking": False}) == "no_think"
     assert mode(chat_template_kwargs={"thinking": "auto"}, reasoning_effort="none") == "auto"
-    assert mode(chat_template_kwargs={"enable_thinking": True}) == "auto"  # other keys are not ours
+    assert mode(chat_template_kwargs={"enable_thinking": True}) == "think"  # the Qwen3 / vLLM switch (#35)
+    assert mode(chat_template_kwargs={"enable_thinking": False}) == "no_think"
+    assert mode(chat_template_kwargs={"enable_thinking": False, "thinking": "off"}) == "no_think"
+    with pytest.raises(ValidationError, match="disagree"):
+        mode(chat_template_kwargs={"enable_thinking": True, "thinking": "off"})
     assert mode(mode="think", reasoning_effort="none") == "think"
     assert GenerateRequest(prompt="q", reasoning_effort="none").resolved_mode() == "no_think"
 
@@ -857,3 +861,34 @@ def test_connections_that_never_finish_their_headers_are_closed() -> None:
             assert c.get(f"{base}/health").status_code == 200
             time.sleep(0.7)
             assert c.get(f"{base}/health").status_code == 200
+
+
+def test_developer_is_a_system_message_and_tool_messages_are_refused(gateway) -> None:
+    """#35: OpenAI's newer clients send ``developer`` for system (rendered as system here, the
+    same prompt tokens); a ``tool`` message gets a 400 that says there are no tools, not a 422 on
+    an enum nobody reads."""
+    model = ScriptedModel()
+    prompts = []
+    for role in ("system", "developer"):
+        model.bases.clear()
+        _, client = gateway(model)
+        r = _call(client, "POST", "/v1/chat/completions", json={"messages": [{"role": role, "content": "Be brief."},
+                                                                          {"role": "user", "content": "q"}]})
+        assert r.status_code == 200, r.text
+        prompts.append(list(model.bases))
+    assert prompts[0] == prompts[1] and prompts[0]
+    _, client = gateway(model)
+    r = _call(client, "POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"},
+                                                                      {"role": "tool", "content": "42", "tool_call_id": "c1"}]})
+    assert r.status_code == 400 and "no tools" in r.json()["error"]["message"], r.text
+
+
+def test_enable_thinking_picks_the_mode_over_http(gateway) -> None:
+    model = ScriptedModel()
+    modes = {}
+    for value in (True, False, None):
+        _, client = gateway(model)
+        kwargs = {} if value is None else {"chat_template_kwargs": {"enable_thinking": value}}
+        body = _call(client, "POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"}], **kwargs}).json()
+        modes[value] = body["choices"][0]["message"].get("reasoning") is not None
+    assert modes[True] is True and modes[False] is False
