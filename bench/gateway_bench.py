@@ -50,7 +50,7 @@ def start(cmd: list[str], ready_url: str, log: Path, cwd: str | None = None) -> 
         wait_healthy(ready_url, proc, timeout=900)  # a loaded 2-core machine can take minutes
     except AssertionError:
         proc.kill()
-        raise SystemExit(f"server did not start: {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+        raise SystemExit(f"server did not start: {' '.join(cmd)}\n{log.read_text()[-3000:]}") from None
     return proc
 
 

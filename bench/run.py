@@ -238,7 +238,6 @@ def _demo_verdict(d: dict) -> str:
 
 
 def demo_time() -> dict:
-    import json as _json
 
     import socket
 

@@ -11,7 +11,6 @@ models; so the project commits one toy model (autothink/toy/model) instead of tr
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys

@@ -176,7 +176,7 @@ class RedisBus:
         ids, owned = list(ids), []
         for k in range(0, len(ids), 1000):  # Lua's unpack() is bounded by its C stack (8000)
             chunk = ids[k:k + 1000]
-            owned += self._call(lambda: self._renew_owned(keys=[stream], args=[group, consumer, *chunk])) or []
+            owned += self._call(lambda chunk=chunk: self._renew_owned(keys=[stream], args=[group, consumer, *chunk])) or []
         return [_id(i) for i in owned]
 
     def publish_and_ack(self, stream: str, msg: PromptMsg | RolloutGroup | ScoredGroup, entry: Entry, group: str,

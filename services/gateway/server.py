@@ -27,10 +27,10 @@ def protocol_with_header_timeout(seconds: float, body_seconds: float | None = No
     try:
         import httptools  # noqa: F401
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-        begin, complete = "on_message_begin", "on_headers_complete"
+        begin = "on_message_begin"
     except ImportError:  # pragma: no cover - h11 only
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
-        begin, complete = None, None
+        begin = None
 
     class HeaderDeadline(Base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None

@@ -29,7 +29,7 @@ from autothink.bus.messages import PromptMsg, ScoredGroup
 from autothink.config import RunConfig
 from autothink.data import load_problems
 from autothink.offpolicy import resolve as resolve_correction
-from autothink.schedule import plan
+from autothink.schedule import PlannedStep, plan
 from services.learner.config import LearnerServiceConfig
 from services.learner.trainer import GRPOTrainer
 

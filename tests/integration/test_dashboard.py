@@ -271,7 +271,8 @@ def test_the_alarms_in_headless_chromium_on_a_replayed_series(tmp_path):
     # the charts draw the rows: accuracy and length by mode, truncation, think rate by level
     charts = chart_lines(dom)
     steps = [r["step"] for r in rows]
-    approx = lambda xs: [(s, pytest.approx(v, abs=1e-4)) for s, v in xs]  # the page rounds to 4 digits
+    def approx(xs):  # the page rounds to 4 digits
+        return [(s, pytest.approx(v, abs=1e-4)) for s, v in xs]
     assert charts["accuracy_by_mode"]["think"] == approx((r["step"], r["accuracy_think"]) for r in rows)
     assert charts["accuracy_by_mode"]["no-think"] == approx((r["step"], r["accuracy_no_think"]) for r in rows)
     assert charts["length_by_mode"]["think"] == approx((r["step"], r["mean_length_think"]) for r in rows)

@@ -152,7 +152,7 @@ def test_one_update_per_batch_skips_the_old_logprob_pass_and_makes_the_same_upda
         assert t.reuse_logprobs_for_one_update  # the toy model has no dropout
         t.reuse_logprobs_for_one_update = reuse
         calls = []
-        t.engine.module.register_forward_hook(lambda *_: calls.append(1))
+        t.engine.module.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         stats.append(t.train(batch, groups_per_mini_batch=4, temperature=0.6))
         results.append(t.state_dict())
         forwards.append(len(calls))

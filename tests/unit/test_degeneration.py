@@ -81,7 +81,8 @@ def test_the_defaults_of_the_setting_are_the_monitors():
 
 def test_the_alarm_needs_the_length_or_truncation_for_a_mild_drop_and_clears_on_recovery():
     m = DegenerationMonitor(window=1, patience=1)
-    row = lambda k, a, n=60.0, t=0.0: {"step": k, "accuracy_think": a, "mean_length_think": n, "truncation_rate_think": t}
+    def row(k, a, n=60.0, t=0.0):
+        return {"step": k, "accuracy_think": a, "mean_length_think": n, "truncation_rate_think": t}
     assert m.update(row(0, 0.9)) is None
     assert m.update(row(1, 0.55)) is None  # 0.61x the best, answers no longer: a healthy shift to harder problems
     assert m.update(row(2, 0.55, 70.0)) is not None  # 70 >= 1.15 x 60

@@ -258,7 +258,7 @@ def test_manifest_commands_env_and_ports_match_the_code(overlay, tmp_path) -> No
             env = {}
             for e in c.get("env", []):
                 value = "secret" if "valueFrom" in e else e["value"]
-                env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), "x"), value)
+                env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m, env=env: env.get(m.group(1), "x"), value)
             service, flags = service_of(c["command"])
             seen.add(service)
             ports = {p["containerPort"] for p in c.get("ports", [])}

@@ -837,7 +837,7 @@ def test_client_disconnect_aborts_generation_and_frees_the_slot() -> None:
                     seen += '"reasoning"' in line
                     if seen == 5:
                         break
-            assert _wait_for(lambda: slots.used == 0 and model.closed_streams == closed + 1), (slots.used, model.closed_streams)
+            assert _wait_for(lambda closed=closed: slots.used == 0 and model.closed_streams == closed + 1), (slots.used, model.closed_streams)
         # the departed streams count as aborted too (#39: only the non-streaming one was counted)
         assert _wait_for(lambda: "autothink_gateway_aborted_total 4.0" in httpx.get(f"{base}/metrics").text)
 

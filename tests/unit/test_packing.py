@@ -30,7 +30,7 @@ def _check(plan, lengths, world, budget, cap=None, padded=True):
 @pytest.mark.parametrize("padded", [True, False])
 def test_random_bimodal_batches(world, padded):
     rng = random.Random(world)
-    for trial in range(20):
+    for _trial in range(20):
         lengths = _bimodal(rng, rng.randint(1, 64))
         budget = rng.choice([12_000, 16_384, 32_768, 65_536])
         plan = plan_micro_batches(lengths, world, budget, padded=padded)
