@@ -10,14 +10,9 @@ from autothink.bus.messages import PromptMsg, Sample, Score, ScoredGroup
 from autothink.config import DeepSpeedConfig, OptimConfig
 from autothink.prompting import build_prompt
 from autothink.toy.task import final_answer, make_problem, think_response
+from tests.fakes import Stage
 
 pytestmark = pytest.mark.slow
-
-
-class Stage:
-    alpha = beta = 0.0
-    batch_balance_rate = 1.0
-    penalty_slope = 2.0
 
 
 def fixed_batch(tok, groups=4):

@@ -4,13 +4,7 @@ import pytest
 
 from autothink.batching import GroupDeduper, batch_stats, build_batch
 from autothink.bus.messages import PromptMsg, Sample, Score, ScoredGroup
-
-
-class Stage:
-    alpha = 0.0
-    beta = 0.0
-    batch_balance_rate = 1.0
-    penalty_slope = 2.0
+from tests.fakes import Stage
 
 
 def group(gid, rewards, modes, level=1, version=0):

@@ -10,14 +10,7 @@ import json
 from autothink.bus.base import Leases, settle_failure
 from autothink.bus.memory import MemoryBus
 from autothink.bus.messages import PromptMsg, encode
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.fakes import Clock
 
 
 def _bus(**kw) -> tuple[MemoryBus, Clock, str]:

@@ -20,14 +20,7 @@ from pydantic import ValidationError
 from autothink.bus.base import MIN_CLAIM_IDLE_MS, Leases
 from autothink.bus.memory import MemoryBus
 from autothink.bus.messages import PromptMsg, RolloutGroup, Sample, decode
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.fakes import Clock
 
 
 def _bus() -> tuple[MemoryBus, Clock]:

@@ -14,6 +14,7 @@ from autothink.rewards import (
     repetition_guard,
     shape_rewards,
 )
+from tests.fakes import Stage
 
 
 @dataclass
@@ -23,14 +24,6 @@ class S:
     correct: bool
     length: int
     reward: float
-
-
-@dataclass
-class Stage:
-    alpha: float = 0.0
-    beta: float = 0.0
-    batch_balance_rate: float = 1.0
-    penalty_slope: float = 2.0
 
 
 # --------------------------------------------------------------------------- base reward
