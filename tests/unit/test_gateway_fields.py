@@ -146,13 +146,13 @@ def test_other_fields_are_listed_in_a_header_and_logged_once(caplog, monkeypatch
     caplog.set_level(logging.WARNING, logger="autothink.gateway")
     body = {"messages": [{"role": "user", "content": "q", "name": "ann"}], "user": "u-1", "metadata": {"k": "v"},
             "max_tokens": 8, "temprature": 0.1, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-            "chat_template_kwargs": {"enable_thinking": True}}
+            "chat_template_kwargs": {"add_generation_prompt": True}}
     for stream in (False, True):
         _, client = _client()
         r = _post(client, "/v1/chat/completions", {**body, "stream": stream})
         assert r.status_code == 200, r.text
         assert r.headers["x-autothink-ignored-fields"] == (
-            "chat_template_kwargs.enable_thinking, messages.name, metadata, stream_options.continuous_usage_stats, temprature, user")
+            "chat_template_kwargs.add_generation_prompt, messages.name, metadata, stream_options.continuous_usage_stats, temprature, user")
     logged = [rec.getMessage() for rec in caplog.records if "does not use" in rec.getMessage()]
     assert sum("temprature" in m for m in logged) == 1  # once per name, not per request
     _, client = _client()
