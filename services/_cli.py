@@ -72,10 +72,9 @@ def service_settings(
 def experiment_sections(service: str, source: str) -> dict[str, Any]:
     """``service``'s sections of the experiment ``source`` (validated whole, as the learner reads it)."""
     from autothink.config import load_config
-    from services.manifest import SLICES
+    from services.manifest import sections
 
-    data = load_config(source, environ={}).model_dump(mode="json")  # the AUTOTHINK_* of the learner's environment are not this service's
-    return {k: data[k] for k in SLICES[service] if k in data}
+    return sections(service, load_config(source, environ={}).model_dump(mode="json"))  # the learner's AUTOTHINK_* are not this service's
 
 
 SECRET_KEYS = ("api_key", "token", "password")

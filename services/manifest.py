@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from autothink.config import ConfigError, validate
+from autothink.config import validate
 
 # service -> the experiment's sections it takes whole
 SLICES: dict[str, tuple[str, ...]] = {
@@ -46,6 +46,11 @@ def settings_model(service: str) -> type[BaseModel]:
     raise ValueError(f"no manifest slice for service {service!r} (known: {', '.join(SLICES)})")
 
 
+def sections(service: str, experiment: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's sections that ``service`` takes whole (:data:`SLICES`)."""
+    return {k: experiment[k] for k in SLICES[service] if k in experiment}
+
+
 def service_slice(service: str, experiment: dict[str, Any], **runtime: Any) -> dict[str, Any]:
     """``service``'s settings: its sections of ``experiment`` (a dumped RunConfig), then the values
     only the launcher knows; validated by the service's model (:class:`ConfigError` naming it).
@@ -60,7 +65,7 @@ def service_slice(service: str, experiment: dict[str, Any], **runtime: Any) -> d
     autothink.config.ConfigError: reward's settings from the experiment is invalid:
       color: Extra inputs are not permitted
     """
-    data = {k: experiment[k] for k in SLICES[service] if k in experiment} | runtime
+    data = sections(service, experiment) | runtime
     model = settings_model(service)
     validated = validate(model, data, where=f"{service}'s settings from the experiment")
     return validated.model_dump(mode="json")
@@ -77,4 +82,4 @@ def write_slice(config_dir: Path, service: str, settings: dict[str, Any]) -> Pat
     return path
 
 
-__all__ = ["ConfigError", "LEARNER_ONLY", "SLICES", "service_slice", "settings_model", "write_slice"]
+__all__ = ["LEARNER_ONLY", "SLICES", "sections", "service_slice", "settings_model", "write_slice"]
