@@ -317,22 +317,38 @@ class ChatCompletionRequest(SamplingFields, AdaptiveFields):
 class CompletionRequest(SamplingFields):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    prompt: str | list[str] = Field(description="Raw prompt text, sent as is (special tokens in it are tokens).")
+    prompt: list[str] = Field(description="Raw prompt text, sent as is (special tokens in it are tokens), or a list of "
+                              "them: n choices per prompt, prompt after prompt (choice index = prompt index x n + k).")
     max_tokens: int | None = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     logprobs: int | None = Field(None, ge=0, le=5, description="Return the log-probabilities of the sampled and the top tokens.")
     stream_options: StreamOptions | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str:
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("send one prompt per request")
-            v = v[0]
-        if len(v) > MAX_TEXT:
-            raise ValueError(f"prompt is longer than {MAX_TEXT} characters")
-        if not v:
-            raise ValueError("prompt is empty")
-        return v
+    def _prompts(cls, v: Any) -> Any:
+        """One prompt or a list of them, as the OpenAI API takes (lm-eval sends batches); token-id
+        lists are not taken.
+
+        >>> CompletionRequest(prompt="1+1").prompt, CompletionRequest(prompt=["a", "b"]).prompt
+        (['1+1'], ['a', 'b'])
+        """
+        prompts = [v] if isinstance(v, str) else v
+        if not isinstance(prompts, list) or not all(isinstance(x, str) for x in prompts):
+            raise ValueError("prompt must be a string or a list of strings (token ids are not taken)")
+        if not prompts:
+            raise ValueError("prompt is an empty list")
+        for x in prompts:
+            if len(x) > MAX_TEXT:
+                raise ValueError(f"prompt is longer than {MAX_TEXT} characters")
+            if not x:
+                raise ValueError("prompt is empty")
+        return prompts
+
+    @model_validator(mode="after")
+    def _one_prompt_streams(self) -> CompletionRequest:
+        if self.stream and len(self.prompt) > 1:
+            raise ValueError(f"a stream takes one prompt ({len(self.prompt)} sent): send the list without stream, "
+                             "or one request per prompt")
+        return self

@@ -350,19 +350,33 @@ class ServingCompletion(Serving):
     writes the whole prompt), no mode, no reasoning split."""
 
     async def create(self, req: CompletionRequest, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
-        ids = await self.raw_ids(req.prompt)  # type: ignore[arg-type]
-        job = self.job(request_id, ids, req, req.max_tokens, starts_in_reasoning=False, logprobs=req.logprobs, stream=req.stream)
+        prompts = req.prompt
+        if len(prompts) * req.n > self.cfg.max_n:
+            raise ApiError(400, f"{len(prompts)} prompts x n={req.n} is above this gateway's limit of {self.cfg.max_n} "
+                           "choices per request", param="prompt")
+        jobs = []
+        for k, text in enumerate(prompts):  # every prompt admitted before any runs: a bad one costs no generation
+            ids = await self.raw_ids(text)
+            jobs.append(self.job(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, req, req.max_tokens,
+                                 starts_in_reasoning=False, logprobs=req.logprobs, stream=req.stream))
         head = {"id": f"cmpl-{request_id}", "created": int(time.time()), "model": self.cfg.served_model_name}
-        if not req.stream:
-            fin = await self.collect(job)
-            return {
-                **head, "object": "text_completion", "system_fingerprint": fin.fingerprint,
-                "choices": [{"index": r.index, "text": r.text, "finish_reason": r.finish_reason,
-                             "logprobs": _completion_logprobs(r.logprobs) if req.logprobs is not None else None} for r in fin.results],
-                "usage": usage(len(job.prompt_ids), fin.results),
-                "policy_version": fin.policy_version, "policy_versions": fin.policy_versions,
-            }
-        return self._events(req, job, head)
+        if req.stream:  # one prompt (the protocol refuses a streamed list)
+            return self._events(req, jobs[0], head)
+        try:
+            async with asyncio.TaskGroup() as group:  # a failed prompt cancels the others
+                tasks = [group.create_task(self.collect(job)) for job in jobs]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the error the client is told (an ApiError stays a 4xx/5xx)
+        fins = [t.result() for t in tasks]
+        choices = [{"index": k * req.n + r.index, "text": r.text, "finish_reason": r.finish_reason,
+                    "logprobs": _completion_logprobs(r.logprobs) if req.logprobs is not None else None}
+                   for k, fin in enumerate(fins) for r in fin.results]
+        versions = sorted({v for fin in fins for v in fin.policy_versions})
+        use = usage(sum(len(j.prompt_ids) for j in jobs), [r for fin in fins for r in fin.results])
+        return {
+            **head, "object": "text_completion", "system_fingerprint": fins[0].fingerprint, "choices": choices,
+            "usage": use, "policy_version": versions[0], "policy_versions": versions,
+        }
 
     async def _events(self, req: CompletionRequest, job: Job, head: dict[str, Any]) -> AsyncIterator[str]:
         offsets = [0] * job.n

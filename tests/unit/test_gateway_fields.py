@@ -417,3 +417,34 @@ async def _no_start() -> None:
 
 def test_chat_request_model_keeps_its_mode_table():
     assert ChatCompletionRequest(messages=MSG, chat_template_kwargs={"thinking": "off", "x": 1}).resolved_mode() == "no_think"
+
+
+# -- issue #35: /v1/completions takes a list of prompts (lm-eval sends batches)
+
+
+def test_completions_take_a_list_of_prompts_n_choices_each_in_order():
+    model, client = _client()
+    r = _post(client, "/v1/completions", {"prompt": ["1+1", "2+2", "3+3"], "n": 2, "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    single = [_post(_client()[1], "/v1/completions", {"prompt": p, "max_tokens": 4, "temperature": 0}).json()
+              for p in ("1+1", "2+2", "3+3")]
+    # choice k*n + j answers prompt k: at temperature 0 the same text as that prompt sent alone
+    assert [c["text"] for c in body["choices"]] == [s["choices"][0]["text"] for s in single for _ in range(2)]
+    assert body["usage"]["prompt_tokens"] == sum(s["usage"]["prompt_tokens"] for s in single)
+    assert body["usage"]["completion_tokens"] == 2 * sum(s["usage"]["completion_tokens"] for s in single)
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"prompt": ["1+1", "2+2"], "stream": True}, "a stream takes one prompt"),
+    ({"prompt": []}, "empty list"),
+    ({"prompt": ["1+1", ""]}, "prompt is empty"),
+    ({"prompt": [[1, 2, 3]]}, "token ids are not taken"),
+    ({"prompt": ["1+1"] * 9, "n": 2}, "9 prompts x n=2 is above this gateway's limit of 16"),
+])
+def test_completions_refuse_a_list_they_cannot_serve_with_a_400_saying_why(body, needle):
+    model, client = _client()
+    r = _post(client, "/v1/completions", {"max_tokens": 4, **body})
+    assert r.status_code == 400 and needle in r.text, r.text
+    assert model.calls == []  # refused before any generation
