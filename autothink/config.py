@@ -111,6 +111,12 @@ class StageConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     batch_balance_rate: float = Field(1.0, gt=0, le=1, description="gamma; 1.0 turns batch balance off.")
     penalty_slope: float = Field(2.0, ge=0)
+    mode_floor: float = Field(
+        0.0, ge=0, lt=0.5, description="Keep each mode's probability at every prompt's decision (the first response "
+        "token: </think> or a thought) at least this high: a hinge on log p below it, counted like one token of "
+        "advantage 1 per sample (autothink.grpo.mode_floor_penalty). 0 (the reference) turns it off. A change from "
+        "the reference for stage 1: batch balance acts on the batch's share only, and a prompt whose samples all "
+        "take one mode gives no advantage, so a level gone all-think cannot come back (issue #31).")
     alpha: float = Field(0.0, ge=0, description="Length shaping of correct samples (stage 3).")
     beta: float = Field(0.0, ge=0, description="Length shaping of wrong samples (stage 3).")
     trace_advantage: Literal["correctness", "reward"] = Field(

@@ -136,3 +136,34 @@ def policy_loss(
             tokens=float(mask.sum()),
         )
     return loss, stats
+
+
+def mode_floor_penalty(close_logprobs: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per-sample hinge that keeps both modes of the decision above ``floor`` (stage 1's mode floor).
+
+    ``close_logprobs`` [N]: log p(``</think>``) at each sample's first response position -- the
+    probability of answering directly under the ellipsis prompt, at the sampling temperature;
+    thinking has the rest.  The penalty is ``relu(log floor - log p) + relu(log floor - log(1 - p))``:
+    zero while both modes keep at least ``floor``, growing by one per nat that either falls below.
+
+    Why (issue #31): batch balance acts on the batch's share of each mode.  A prompt whose eight
+    samples all think gives its group zero advantage, so once a level has gone all-think nothing
+    can bring it back, however much a direct answer would earn there.  A floor on the probability
+    of each mode keeps sampling both at every prompt, so every group can keep comparing them.
+
+    >>> import math
+    >>> p = torch.tensor([0.5, 0.05, 0.99])
+    >>> [round(x, 4) for x in mode_floor_penalty(torch.log(p), 0.1).tolist()]   # 0, log(0.1/0.05), log(0.1/0.01)
+    [0.0, 0.6931, 2.3026]
+    >>> float(mode_floor_penalty(torch.log(p), 0.0).sum())
+    0.0
+    """
+    if not 0.0 <= floor < 0.5:
+        raise ValueError(f"the mode floor must be in [0, 0.5), got {floor}")
+    if floor == 0.0:
+        return torch.zeros_like(close_logprobs)
+    lp = close_logprobs.float()
+    log_floor = math.log(floor)
+    # log(1 - p) from log p without cancellation near p = 1
+    log_rest = torch.log(-torch.expm1(lp.clamp(max=-1e-7)))
+    return torch.relu(log_floor - lp) + torch.relu(log_floor - log_rest)

@@ -188,8 +188,10 @@ def install_chunked_head(model: torch.nn.Module, chunk: int | None = None) -> No
     The head is replaced by a :class:`ChunkedLMHead` holding the *same* parameter objects (names,
     state dicts and tied embeddings are unchanged).  ``model(input_ids, targets=..., select=...)``
     then returns ``(logp [N], entropy [N])`` for the ``N`` positions where ``select`` ``[B, T]`` is
-    true, ``targets`` ``[B, T]`` being the next token at each position; called without ``targets``
-    the model behaves as before.  Only the selected positions reach the LM head, so prompt and
+    true, ``targets`` ``[B, T]`` being the next token at each position; with ``probe`` (flat
+    indices into ``[B * T]``) and ``probe_targets`` ``[E]``, E more values follow: the log-prob of a
+    chosen token at a chosen position (the learner's mode floor asks for ``</think>`` at each
+    sample's decision position).  Called without ``targets`` the model behaves as before.  Only the selected positions reach the LM head, so prompt and
     padding positions cost no vocabulary-sized work at all.
     """
     old = model.get_output_embeddings()
@@ -209,14 +211,20 @@ def install_chunked_head(model: torch.nn.Module, chunk: int | None = None) -> No
         temperature: float = 1.0,
         with_entropy: bool = False,
         position_ids: torch.Tensor | None = None,
+        probe: torch.Tensor | None = None,
+        probe_targets: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         if targets is None:
             return plain_forward(input_ids=input_ids, position_ids=position_ids, **kwargs)
         out = self.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs)
         hidden = out.last_hidden_state  # [B, T, H]
+        flat = hidden.reshape(-1, hidden.shape[-1])
         if select is not None:
             hidden, targets = hidden[select], targets[select]  # [N, H], [N]
+        if probe is not None:  # E more rows: the log-prob of probe_targets[e] at flat position probe[e]
+            hidden = torch.cat([hidden.reshape(-1, hidden.shape[-1]), flat[probe]])
+            targets = torch.cat([targets.reshape(-1), probe_targets])
         return self.get_output_embeddings()(hidden, targets=targets, temperature=temperature, with_entropy=with_entropy)
 
     model.forward = types.MethodType(forward, model)

@@ -25,7 +25,7 @@ import torch
 
 from autothink.batching import TrainBatch, TrainSample
 from autothink.config import DeepSpeedConfig, OptimConfig
-from autothink.grpo import policy_loss, token_entropy, token_logprobs
+from autothink.grpo import mode_floor_penalty, policy_loss, token_entropy, token_logprobs
 from autothink.offpolicy import MismatchStats, importance_weights, merge
 from autothink.packing import plan_micro_batches
 
@@ -156,22 +156,31 @@ class GRPOTrainer:
         inputs = micro_batch_inputs([s.prompt_ids for s in samples], [s.response_ids for s in samples], self.packed)
         return {k: (v.to(self.device) if v is not None else None) for k, v in inputs.items()}
 
-    def _score(self, samples: Sequence[TrainSample], temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Log-probs and entropies of the response tokens, ``[N]`` each (sample after sample), and
-        the tokens the forward pass computed (padding included)."""
+    def _score(self, samples: Sequence[TrainSample], temperature: float, with_entropy: bool,
+               decision_token: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """Log-probs and entropies of the response tokens, ``[N]`` each (sample after sample), the
+        tokens the forward pass computed (padding included), and with ``decision_token`` the
+        log-prob of that token at each sample's decision position ``[B]`` (else None)."""
         x = self._inputs(samples)
         computed = int(x["input_ids"].numel())
+        n = int(x["select"].sum())
         if self.chunked:
+            probe = {} if decision_token is None else {
+                "probe": x["decision"], "probe_targets": torch.full_like(x["decision"], int(decision_token))}
             lp, ent = self.engine(input_ids=x["input_ids"], position_ids=x["position_ids"], targets=x["targets"],
-                                  select=x["select"], temperature=temperature, with_entropy=with_entropy)
-            return lp, ent, computed
+                                  select=x["select"], temperature=temperature, with_entropy=with_entropy, **probe)
+            return lp[:n], ent[:n], computed, (lp[n:] if decision_token is not None else None)
         logits = self.engine(input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False).logits  # [B, T, V]
         lp = token_logprobs(logits, x["targets"], temperature)[x["select"]]
         ent = torch.zeros_like(lp)
         if with_entropy:
             with torch.no_grad():
                 ent = token_entropy(logits.detach().float() / temperature)[x["select"]]
-        return lp, ent, computed
+        close = None
+        if decision_token is not None:
+            at = logits.reshape(-1, logits.shape[-1])[x["decision"]].float() / temperature  # [B, V]
+            close = torch.log_softmax(at, dim=-1)[:, int(decision_token)]
+        return lp, ent, computed, close
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[TrainSample], temperature: float, micro: int | None = None) -> list[torch.Tensor]:
@@ -207,13 +216,21 @@ class GRPOTrainer:
         return float(t.item())
 
     def train(self, batch: TrainBatch, groups_per_mini_batch: int, temperature: float,
-              correction: str = "none", is_cap: float = 2.0) -> dict[str, float]:
+              correction: str = "none", is_cap: float = 2.0, mode_floor: float = 0.0,
+              decision_token: int | None = None) -> dict[str, float]:
         """``optim.epochs`` passes of PPO-clip updates over ``batch``; returns averaged diagnostics.
 
         ``correction`` (none / tis / mask, :mod:`autothink.offpolicy`) weights each token's loss by
         how much likelier the learner's pre-update policy finds it than the engine that sampled it
         did (truncated at ``is_cap``, or masked outside [1/cap, cap]); the mismatch is measured
         and logged whatever the setting.
+
+        ``mode_floor`` > 0 (stage 1's mode floor, :func:`autothink.grpo.mode_floor_penalty`) adds
+        each sample's hinge on p(``decision_token``) at its decision position, counted like one
+        response token of advantage 1 (divided by the same token normaliser, so the update does not
+        depend on how the batch is cut into micro-batches); ``decision_p_no_think`` (the mean of that
+        probability over the samples), ``decision_below_floor`` (the fraction of samples where either
+        mode was below the floor) and ``mode_floor_penalty`` (its mean per sample) are logged.
 
         Besides the loss statistics: ``real_tokens`` (prompt + response tokens of the batch),
         ``computed_tokens`` (tokens one epoch's forward passes process over all ranks, padding and
@@ -223,6 +240,9 @@ class GRPOTrainer:
         peak during the update: the GPU allocator's, or the process's resident memory on CPU) and
         ``seconds``.
         """
+        if mode_floor and decision_token is None:
+            raise ValueError("a mode floor needs the decision token (the tokenizer's id of </think>)")
+        probe = decision_token if mode_floor else None
         t0 = time.perf_counter()
         reset_peak_memory()
         mini_batches = list(batch.mini_batches(groups_per_mini_batch))
@@ -243,7 +263,8 @@ class GRPOTrainer:
                         if m.real:
                             old.update(self._split(m.indices, batch.samples, lp))
             self.engine.train()
-        sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "updates": 0.0, "tokens": 0.0}
+        sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "entropy": 0.0, "updates": 0.0, "tokens": 0.0,
+                                  "floor_penalty": 0.0, "p_close": 0.0, "below_floor": 0.0, "floor_samples": 0.0}
         mismatch: list[MismatchStats] = []
         computed = real = passes = 0
         for epoch in range(self.optim.epochs):
@@ -253,7 +274,8 @@ class GRPOTrainer:
                 for c, m in enumerate(plan):
                     self.engine.set_gradient_accumulation_boundary(c == len(plan) - 1)
                     samples = [batch.samples[i] for i in m.indices]
-                    lp, ent, n_computed = self._score(samples, temperature, with_entropy=epoch == 0 and m.real)
+                    lp, ent, n_computed, close = self._score(samples, temperature, with_entropy=epoch == 0 and m.real,
+                                                             decision_token=probe)
                     old_t = lp.detach() if old is None or not m.real else torch.cat([old[i] for i in m.indices]).to(lp.device)
                     adv = torch.tensor([a for i, s in zip(m.indices, samples) for a in batch.token_advantages(i, len(s.response_ids))])
                     behav = torch.cat([_behaviour_logprobs(s) for s in samples])
@@ -265,6 +287,16 @@ class GRPOTrainer:
                         self.optim.clip_low, self.optim.clip_high, token_normalizer=norm,
                         is_weights=weights.to(lp.device).unsqueeze(0),
                     )
+                    if close is not None:
+                        penalty = mode_floor_penalty(close, mode_floor)
+                        loss = loss + penalty.sum() / norm
+                        if epoch == 0 and m.real:
+                            with torch.no_grad():
+                                p_close = close.detach().float().exp()
+                                sums["floor_penalty"] += float(penalty.detach().sum())
+                                sums["p_close"] += float(p_close.sum())
+                                sums["below_floor"] += float(((p_close < mode_floor) | (p_close > 1.0 - mode_floor)).sum())
+                                sums["floor_samples"] += len(samples)
                     if not m.real:
                         loss = loss * 0.0  # a dummy pass: every rank runs the same passes, this one adds nothing
                     self.engine.backward(loss, scale_wrt_gas=False)
@@ -283,7 +315,8 @@ class GRPOTrainer:
                     sums["tokens"] += w
                 self.engine.step()
                 sums["updates"] += 1
-        computed_all, real_all = self._global_sum([computed, real])
+        computed_all, real_all, *floor = self._global_sum(
+            [computed, real, sums["floor_penalty"], sums["p_close"], sums["below_floor"], sums["floor_samples"]])
         peak = self._global_max(float(peak_memory_bytes()))
         seconds = time.perf_counter() - t0
         tokens = max(sums["tokens"], 1.0)
@@ -303,6 +336,8 @@ class GRPOTrainer:
             "seconds": seconds,
             "off_policy_correction": correction,
             **merge(mismatch),
+            **({} if not floor[3] else {"mode_floor_penalty": floor[0] / floor[3], "decision_p_no_think": floor[1] / floor[3],
+                                        "decision_below_floor": floor[2] / floor[3]}),
         }
 
     # ------------------------------------------------------------------ weights out
@@ -360,14 +395,16 @@ def micro_batch_inputs(prompts: Sequence[Sequence[int]], responses: Sequence[Seq
     ``select`` (true at positions that predict a response token, sample after sample: the order
     of the log-probs); ``position_ids`` (None with right padding, where positions are 0..T-1 and the
     causal mask keeps real tokens from the padding after them; restarting at 0 for each sequence
-    when ``packed``, where B = 1 and T is the sum of the lengths).
+    when ``packed``, where B = 1 and T is the sum of the lengths); ``decision`` ``[B_samples]``,
+    the flat index into ``[B * T]`` of the position that predicts each sample's first response
+    token (the mode decision under the ellipsis prompt).
 
     >>> x = micro_batch_inputs([[1, 2], [3]], [[4, 5], [6, 7, 8]], packed=False)
-    >>> x["input_ids"].tolist(), x["select"].int().tolist()
-    ([[1, 2, 4, 5], [3, 6, 7, 8]], [[0, 1, 1, 0], [1, 1, 1, 0]])
+    >>> x["input_ids"].tolist(), x["select"].int().tolist(), x["decision"].tolist()
+    ([[1, 2, 4, 5], [3, 6, 7, 8]], [[0, 1, 1, 0], [1, 1, 1, 0]], [1, 4])
     >>> x = micro_batch_inputs([[1, 2], [3]], [[4, 5], [6, 7, 8]], packed=True)
-    >>> x["input_ids"].tolist(), x["position_ids"].tolist(), x["select"].int().tolist()
-    ([[1, 2, 4, 5, 3, 6, 7, 8]], [[0, 1, 2, 3, 0, 1, 2, 3]], [[0, 1, 1, 0, 1, 1, 1, 0]])
+    >>> x["input_ids"].tolist(), x["position_ids"].tolist(), x["select"].int().tolist(), x["decision"].tolist()
+    ([[1, 2, 4, 5, 3, 6, 7, 8]], [[0, 1, 2, 3, 0, 1, 2, 3]], [[0, 1, 1, 0, 1, 1, 1, 0]], [1, 4])
     """
     seqs = [list(p) + list(r) for p, r in zip(prompts, responses)]
     if packed:
@@ -376,8 +413,10 @@ def micro_batch_inputs(prompts: Sequence[Sequence[int]], responses: Sequence[Seq
         pos = torch.tensor([[i for x in seqs for i in range(len(x))]], dtype=torch.long)
         select = torch.zeros_like(ids, dtype=torch.bool)
         offset = 0
+        decision = []
         for p, r, x in zip(prompts, responses, seqs):
             select[0, offset + len(p) - 1 : offset + len(p) - 1 + len(r)] = True
+            decision.append(offset + len(p) - 1)
             offset += len(x)
     else:
         T = max(len(x) for x in seqs)
@@ -386,10 +425,12 @@ def micro_batch_inputs(prompts: Sequence[Sequence[int]], responses: Sequence[Seq
         for row, (p, r, x) in enumerate(zip(prompts, responses, seqs)):
             ids[row, : len(x)] = torch.tensor(x)
             select[row, len(p) - 1 : len(p) - 1 + len(r)] = True  # position len(p)-1 predicts the first response token
+        decision = [row * T + len(p) - 1 for row, p in enumerate(prompts)]
         pos = None
     targets = torch.zeros_like(ids)
     targets[:, :-1] = ids[:, 1:]
-    return {"input_ids": ids, "targets": targets, "select": select, "position_ids": pos}
+    return {"input_ids": ids, "targets": targets, "select": select, "position_ids": pos,
+            "decision": torch.tensor(decision, dtype=torch.long)}
 
 
 def reset_peak_memory() -> None:

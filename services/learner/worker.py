@@ -46,6 +46,8 @@ class Learner:
         self.rank = self.trainer.rank
         self.steps = plan(run.stages)
         self.correction = resolve_correction(run.optim.off_policy_correction, run.max_staleness)
+        #: the token whose probability the mode floor keeps within bounds (``</think>``); only read when a stage has one
+        self.decision_token = decision_token_id(run.model.path) if any(s.mode_floor for s in run.stages) else None
         self.state = {"step": 0, "policy_version": 0}
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         reg = registry or CollectorRegistry()
@@ -191,7 +193,8 @@ class Learner:
             t1 = time.perf_counter()
             batch = build_batch(groups, step.stage)
             stats = self.trainer.train(batch, self.run_cfg.optim.mini_batch_prompts, step.stage.temperature,
-                                       correction=self.correction, is_cap=self.run_cfg.optim.is_cap)
+                                       correction=self.correction, is_cap=self.run_cfg.optim.is_cap,
+                                       mode_floor=step.stage.mode_floor, decision_token=self.decision_token)
             t2 = time.perf_counter()
             trained_on = self.state["policy_version"]
             version = trained_on + 1
@@ -357,3 +360,20 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def decision_token_id(model_path: str | Path) -> int:
+    """The tokenizer's id of ``</think>``: the first response token of a direct answer under the
+    ellipsis prompt, whose probability stage 1's mode floor keeps within bounds.  It must be one
+    token (it is in R1's tokenizer and in the toy's); otherwise the floor has no one decision to
+    act on and the run stops here, before any training."""
+    from transformers import AutoTokenizer
+
+    from autothink.prompting import THINK_CLOSE
+
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    ids = tok.encode(THINK_CLOSE, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"{THINK_CLOSE!r} is {len(ids)} tokens {ids} in {model_path}'s tokenizer, not one: "
+                         "the mode floor (stages[].mode_floor) needs it to be a single token; set mode_floor: 0")
+    return int(ids[0])

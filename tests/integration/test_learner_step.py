@@ -157,17 +157,17 @@ def test_one_update_per_batch_skips_the_old_logprob_pass_and_makes_the_same_upda
     assert abs(stats[1]["approx_kl"]) < 1e-6 and abs(stats[0]["loss"] - stats[1]["loss"]) < 1e-6
 
 
-def _same_update(model_dir, variants):
+def _same_update(model_dir, variants, batch=None, **train_kw):
     """Train a fresh SGD trainer per variant (kwargs of make_trainer) on the fixed batch, two epochs
     so the old log-prob pass runs too; every variant must reach the same parameters."""
     from transformers import AutoTokenizer
 
-    batch = fixed_batch(AutoTokenizer.from_pretrained(model_dir))
+    batch = batch or fixed_batch(AutoTokenizer.from_pretrained(model_dir))
     results, stats = [], []
     for kw in variants:
         t = make_trainer(model_dir, optimizer=sgd, **kw)
         t.optim = t.optim.model_copy(update={"epochs": 2})
-        stats.append(t.train(batch, groups_per_mini_batch=4, temperature=0.6))
+        stats.append(t.train(batch, groups_per_mini_batch=4, temperature=0.6, **train_kw))
         results.append(t.state_dict())
     for r in results[1:]:
         assert_same_update(initial_state(model_dir), results[0], r)
@@ -219,3 +219,93 @@ def test_bf16_training_publishes_bf16_weights(toy_model):
     state = t.state_dict()
     assert {v.dtype for v in state.values()} == {torch.bfloat16}
     assert make_trainer(toy_model[0], micro=16).state_dict()[next(iter(state))].dtype == torch.float32
+
+
+# ---------------------------------------------------------------------- stage 1's mode floor
+def all_think_batch(tok, groups=4):
+    """Per prompt four correct think answers, reward 1 each: every advantage is 0, so the policy
+    gradient is zero and whatever moves comes from the mode floor alone (the case of issue #31: a
+    level gone all-think, which batch balance cannot bring back)."""
+    rng = random.Random(1)
+    out = []
+    for g in range(groups):
+        p = make_problem(rng, 1 + 2 * g)
+        prompt_ids = tok(build_prompt(p.problem, "ellipsis"), add_special_tokens=False).input_ids
+        text = think_response(p)
+        samples = [Sample(text, tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id], []) for _ in range(4)]
+        scores = [Score("think", True, True, "ok", 1.0, len(s.token_ids)) for s in samples]
+        out.append(ScoredGroup(PromptMsg(group_id=f"g{g}", problem=p.problem, level=1 + 2 * g), 0, samples, scores, prompt_ids))
+    return build_batch(out, Stage())
+
+
+def decision_p(trainer, batch, token) -> list[float]:
+    """p(</think>) at the decision position of one sample per group, at temperature 0.6."""
+    firsts = [batch.samples[i] for i in range(0, len(batch.samples), 4)]
+    with torch.no_grad():
+        close = trainer._score(firsts, 0.6, False, decision_token=token)[3]
+    return [float(x) for x in close.exp()]
+
+
+def test_the_mode_floor_brings_back_a_mode_the_policy_gradient_cannot(toy_model):
+    """Issue #31's trap and its way out.  Direct answers penalised (the fixed batch) push the
+    shared decision toward thinking until p(</think>) is below 0.25 at every prompt of an
+    all-think batch.  On that batch (zero advantages) a step without a floor leaves a fresh
+    trainer's weights exactly as they were; steps with a floor of 0.3 raise p(</think>) at every
+    prompt.  The logged
+    statistics agree with a separate pass."""
+    from transformers import AutoTokenizer
+
+    from services.learner.worker import decision_token_id
+
+    tok = AutoTokenizer.from_pretrained(toy_model[0])
+    token = decision_token_id(toy_model[0])
+    assert tok.convert_ids_to_tokens(token) == "</think>"
+    stuck = all_think_batch(tok)
+    assert set(stuck.advantages) == {0.0} and stuck.first_token_advantages is None
+
+    fresh = make_trainer(toy_model[0], micro=16)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    fresh.train(stuck, groups_per_mini_batch=4, temperature=0.6)  # no floor: nothing to learn from
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+    t = make_trainer(toy_model[0], micro=16)
+    penalised = fixed_batch(tok)
+    for _ in range(30):
+        if max(decision_p(t, stuck, token)) < 0.25:
+            break
+        t.train(penalised, groups_per_mini_batch=4, temperature=0.6)
+    p0 = decision_p(t, stuck, token)
+    assert max(p0) < 0.25, p0
+
+    # Adam's momentum still carries the push toward thinking: the floor must overcome it too
+    stats = [t.train(stuck, groups_per_mini_batch=4, temperature=0.6, mode_floor=0.3, decision_token=token) for _ in range(5)]
+    p1 = decision_p(t, stuck, token)
+    assert all(b > a for a, b in zip(p0, p1)), (p0, p1)
+    # the first floor step's statistics: the mean of p(</think>) over the 16 samples (4 per prompt,
+    # the same value) and the share below the floor; float32 passes over the same batch, so 1e-5
+    # is ~100 float32 ulps of a probability
+    assert abs(stats[0]["decision_p_no_think"] - sum(p0) / 4) < 1e-5, (stats[0], p0)
+    assert stats[0]["decision_below_floor"] == 1.0 and stats[0]["mode_floor_penalty"] > 0
+
+
+def test_the_mode_floor_update_does_not_depend_on_the_cut_or_the_head(toy_model):
+    """The floor's term is divided by the same token normaliser as the policy loss: three samples a
+    pass, the whole mini-batch at once, full-vocabulary logits or packed sequences give the same
+    update (on the fixed batch, whose advantages are not zero, so both terms act)."""
+    from transformers import AutoTokenizer
+
+    from services.learner.worker import decision_token_id
+
+    token = decision_token_id(toy_model[0])
+    stats = _same_update(toy_model[0], [{"micro": 16}, {"micro": 3}, {"micro": 16, "chunked_logprobs": False},
+                                        {"micro": 16, "packed": True}],
+                         batch=fixed_batch(AutoTokenizer.from_pretrained(toy_model[0])), mode_floor=0.49, decision_token=token)
+    assert all(s["mode_floor_penalty"] > 0 for s in stats), stats
+
+
+def test_a_mode_floor_without_the_decision_token_is_refused(toy_model):
+    from transformers import AutoTokenizer
+
+    t = make_trainer(toy_model[0], micro=16)
+    with pytest.raises(ValueError, match="decision token"):
+        t.train(fixed_batch(AutoTokenizer.from_pretrained(toy_model[0])), groups_per_mini_batch=4, temperature=0.6, mode_floor=0.1)

@@ -1,6 +1,7 @@
 """Stage 1 keeps think mode's quality (issue #31): the first 12 steps of the toy preset's stage 1
 through the real services, on the embedded toy, and think accuracy at equal difficulty stays
-within 0.1 of where it started while the degeneration alarm stays down.
+within 0.1 of where it started while the degeneration alarm stays down; the mode floor keeps the
+decision inside its bounds.
 
 (On a weak warm start under the reference rule that credits a wrong think answer over a wrong
 direct one, batch think accuracy fell 0.93 -> 0.43 within 10 steps: bench/seeds_bench.py and
@@ -58,3 +59,11 @@ def test_think_accuracy_holds_through_the_start_of_stage_1(toy_model, redis_serv
     assert not any(r["degeneration"] for r in rows), [r["step"] for r in rows if r["degeneration"]]
     # and what stage 1 is for: both modes alive (no collapse alarm for the batch)
     assert not any(r["mode_collapse"] for r in rows), [r["think_rate"] for r in rows]
+    # the preset's mode floor (0.2) is on and holds the decision inside its bounds: the batch's mean
+    # p(</think>) never below half the floor or above 1 - half of it, and on average at most half
+    # the samples outside [0.2, 0.8] (two fresh-toy runs: mean p 0.24-0.59, at most 0.31 outside)
+    assert stage1["mode_floor"] == 0.2
+    p = [r["decision_p_no_think"] for r in rows]
+    assert 0.1 <= min(p) and max(p) <= 0.9, p
+    outside = [r["decision_below_floor"] for r in rows]
+    assert sum(outside) / len(outside) <= 0.5, outside
