@@ -33,7 +33,7 @@ def ops_app(title: str, health: Callable[[], tuple[bool, dict[str, Any]]], regis
 
 def serve_in_thread(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     """Run ``app`` in a daemon thread (the main thread keeps the engine); stop with ``should_exit``."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None))
     threading.Thread(target=server.run, name="http", daemon=True).start()
     return server
 

@@ -87,7 +87,7 @@ def refused_follow_token(cfg) -> str | None:  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services._cli import service_settings
+    from services._cli import configure_logging, service_settings
     from services.gateway.config import GatewayConfig, check_exposure
 
     resolved: list[GatewayConfig] = []
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if (why := check_exposure(cfg)) is not None:
         print(f"error: {why}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
+    configure_logging("gateway", flags[0])
     for flag, name in (("api_key", "AUTOTHINK_GATEWAY_API_KEY or --api-key-file"),
                        ("follow_token", "AUTOTHINK_GATEWAY_FOLLOW_WEIGHTS__TOKEN or --follow-token-file")):
         if getattr(flags[0], flag):
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "serving %s as %r on http://%s:%d (API key %s)", cfg.model, cfg.served_model_name, cfg.host, cfg.port,
         "required" if cfg.api_key else "off",
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10,
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", log_config=None, timeout_graceful_shutdown=10,
                 http=protocol_with_header_timeout(cfg.header_timeout_s, cfg.body_timeout_s))
     return 0
 

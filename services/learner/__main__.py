@@ -10,7 +10,7 @@ import threading
 
 def main(argv: list[str] | None = None) -> int:
     from autothink.config import RunConfig, load_config
-    from services._cli import service_settings
+    from services._cli import configure_logging, service_settings
     from services.learner.config import LearnerServiceConfig
 
     experiment: dict[str, RunConfig] = {}
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         svc = svc.model_copy(update={"resume": True})
     run = experiment["run"]
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s learner %(levelname)s %(message)s")
+    configure_logging("learner", args)
     from prometheus_client import CollectorRegistry
 
     from services._http import ops_app, serve_in_thread

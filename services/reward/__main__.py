@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services._cli import service_settings
+    from services._cli import configure_logging, service_settings
     from services.reward.config import RewardServiceConfig
 
-    cfg, _ = service_settings(
+    cfg, args = service_settings(
         "reward",
         "Grade rollout groups from the run's Redis stream and write scored groups (e.g. AUTOTHINK_REWARD_REDIS__URL, "
         "AUTOTHINK_REWARD_RUN_ID, AUTOTHINK_REWARD_PORT).",
         RewardServiceConfig, "AUTOTHINK_REWARD_", argv,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s reward %(levelname)s %(message)s")
+    configure_logging("reward", args)
     from prometheus_client import CollectorRegistry
 
     from services._http import serve_consumer

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services._cli import service_settings
+    from services._cli import configure_logging, service_settings
     from services.rollout.config import RolloutServiceConfig
 
-    cfg, _ = service_settings(
+    cfg, args = service_settings(
         "rollout",
         "Sample groups of responses for prompts read off the run's Redis stream, with vLLM, and follow the learner's "
         "weight service (e.g. AUTOTHINK_ROLLOUT_MODEL, AUTOTHINK_ROLLOUT_REDIS__URL, AUTOTHINK_ROLLOUT_WEIGHTS__ADDRESS).",
         RolloutServiceConfig, "AUTOTHINK_ROLLOUT_", argv,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rollout %(levelname)s %(message)s")
+    configure_logging("rollout", args)
     from prometheus_client import CollectorRegistry
 
     from services._http import serve_consumer

@@ -221,3 +221,20 @@ def test_the_experiments_rewards_reach_the_scored_stream(redis_server, tmp_path)
     want = [3.0, -2.0, -4.0, 1.5, -0.5, -0.25, -0.25]
     assert [s.reward for s in scored["g000"].scores] == want, (tmp_path / "reward.log").read_text()[-3000:]
     assert want != [r for _, r in CASES]  # the reference table would have scored them otherwise
+
+
+def test_json_logs_for_a_log_collector(redis_server, services, tmp_path):
+    """AUTOTHINK_LOG_FORMAT=json (or --log-format json): every log line of the running service is one
+    JSON object with its service name, level and logger; no text-format line is left (uvicorn's own
+    loggers go through the same handler)."""
+    import json
+    import re
+
+    proc, base = _start(services, tmp_path, redis_server.url, "json-logs", AUTOTHINK_LOG_FORMAT="json", AUTOTHINK_LOG_LEVEL="debug")
+    wait_healthy(f"{base}/health", proc)
+    proc.stop()
+    lines = [x for x in proc.log_path.read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in lines if x.startswith("{")]
+    assert rows and all(r["service"] == "reward" and r["level"] in ("DEBUG", "INFO", "WARNING", "ERROR") for r in rows), lines
+    assert any(r["level"] == "DEBUG" for r in rows), rows  # the level was taken too
+    assert not [x for x in lines if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ reward ", x)], lines
